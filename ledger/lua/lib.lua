@@ -1,0 +1,53 @@
+-- lib.lua: helpers prepended to every ledger script (not a script itself).
+--
+-- Why strings everywhere: Redis Lua numbers are IEEE doubles. Integers below
+-- 2^53 are exact, but tostring() prints them with 14 significant digits, so
+-- every number that leaves a script (as a command argument or a reply) is
+-- formatted with I(). Balance arithmetic itself uses HINCRBY, which Redis does
+-- in int64, and every amount that enters is checked against MAXEXACT first.
+local MAXEXACT = 9007199254740991
+
+local function I(n)
+  return string.format('%d', n)
+end
+
+local function fail(code, msg)
+  return redis.error_reply('CG_' .. code .. ' ' .. msg)
+end
+
+-- num parses an ARGV integer, refusing anything a double cannot hold exactly.
+local function num(s, name)
+  local n = tonumber(s)
+  if n == nil or n ~= math.floor(n) or n > MAXEXACT or n < -MAXEXACT then
+    error('CG_INVALID ' .. name .. ' is not an exact integer: ' .. tostring(s))
+  end
+  return n
+end
+
+local function acct_state(kacct)
+  local v = redis.call('HMGET', kacct, 'bal', 'held', 'carry')
+  if v[1] == false then
+    return nil
+  end
+  return tonumber(v[1]), tonumber(v[2]), tonumber(v[3] or '0')
+end
+
+-- journal appends one entry to the account's stream. The balance and held
+-- written are read back after the change, so the journal can never disagree
+-- with the account hash. extra is a flat list of field, value pairs; empty
+-- values are skipped to keep entries small.
+local function journal(kacct, kj, typ, amount, now, extra)
+  local seq = redis.call('HINCRBY', kacct, 'seq', 1)
+  local v = redis.call('HMGET', kacct, 'bal', 'held')
+  local args = {'XADD', kj, '*', 'seq', I(seq), 'type', typ, 'amount', amount,
+    'bal', v[1], 'held', v[2], 'ts', now}
+  for i = 1, #extra, 2 do
+    local val = extra[i + 1]
+    if val ~= nil and val ~= '' and val ~= false then
+      args[#args + 1] = extra[i]
+      args[#args + 1] = val
+    end
+  end
+  redis.call(unpack(args))
+  return seq
+end
