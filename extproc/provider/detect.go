@@ -46,18 +46,18 @@ const (
 
 // Route is what Detect learned from :authority and :path.
 type Route struct {
-	Provider string
-	Kind     Kind
+	Provider string `json:"provider"`
+	Kind     Kind   `json:"kind"`
 	// ModelFromPath is the model named by the URL: the Gemini model or the
 	// Azure deployment. When set it wins over the body's model, because that
 	// is what the provider serves (Azure ignores the body model on
 	// deployment routes, §5).
-	ModelFromPath string
+	ModelFromPath string `json:"model_from_path,omitempty"`
 	// Dialect is the error envelope clients of this route understand.
-	Dialect string
+	Dialect string `json:"dialect"`
 	// ArrayStream is set for Gemini :streamGenerateContent without alt=sse:
 	// the body is one JSON array sent incrementally rather than SSE (§7).
-	ArrayStream bool
+	ArrayStream bool `json:"array_stream,omitempty"`
 }
 
 // IsChat reports whether the route is an OpenAI-style chat completion, the
