@@ -1,0 +1,204 @@
+// Package extproc is creditgate's Envoy external processor: one gRPC
+// ExternalProcessor stream per HTTP request, driven as a state machine that
+// expects exactly what Envoy's ext_proc filter sends (shared spec:
+// envoy-extproc.md). It finds the payer and the provider, reserves the
+// worst-case cost before the request leaves the mesh, and captures the exact
+// cost from the provider's reported usage when the response ends.
+//
+// Provider wire formats live in extproc/provider (pure code); money, Redis
+// and prices live in ledger.
+package extproc
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/creditgate/creditgate/extproc/provider"
+	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/ledger/pricing"
+)
+
+// Ledger is the part of *ledger.Ledger the processor uses.
+type Ledger interface {
+	Reserve(ctx context.Context, req ledger.ReserveRequest) (ledger.Hold, error)
+	Capture(ctx context.Context, req ledger.CaptureRequest) (ledger.CaptureResult, error)
+	Release(ctx context.Context, account, requestID, reason string) (ledger.ReleaseResult, error)
+	AccountForKey(ctx context.Context, keyHash string) (string, error)
+}
+
+// Prices resolves the price row in force for a model at a time. Main wires
+// a hot-reloadable catalog behind it.
+type Prices interface {
+	Lookup(provider, model string, at time.Time) (*pricing.Row, error)
+}
+
+// Options configure a Server. Zero values take the documented defaults.
+type Options struct {
+	Ledger   Ledger
+	Prices   Prices
+	Identity Identity
+	Detector *provider.Detector
+	// Passthrough lists requests let through unmetered (the payer must still
+	// be known): "/v1/models" (any host) or "api.openai.com/v1/files".
+	Passthrough []string
+	// HoldTTL bounds a request's hold; the sweeper frees it afterwards
+	// (default 10 minutes, longer than any sane LLM call).
+	HoldTTL time.Duration
+	// SettleTimeout bounds a settlement after the stream is gone (default 5s).
+	SettleTimeout time.Duration
+	// KeepAcceptEncoding leaves the client's accept-encoding alone. By
+	// default it is removed so providers answer uncompressed and streams can
+	// be parsed and filtered chunk by chunk.
+	KeepAcceptEncoding bool
+	// MaxBufferedResponse caps the bytes kept to parse a compressed stream
+	// (default 16 MiB).
+	MaxBufferedResponse int
+	Logger              *slog.Logger
+	Clock               func() time.Time
+	Observer            Observer
+}
+
+// Server implements the ExternalProcessor service.
+type Server struct {
+	extprocv3.UnimplementedExternalProcessorServer
+	opt      Options
+	settling sync.WaitGroup
+}
+
+// NewServer validates opts and builds a Server.
+func NewServer(opt Options) (*Server, error) {
+	var errs []error
+	if opt.Ledger == nil {
+		errs = append(errs, errors.New("extproc: a ledger is required"))
+	}
+	if opt.Prices == nil {
+		errs = append(errs, errors.New("extproc: a price catalog is required"))
+	}
+	if err := opt.Identity.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if opt.Detector == nil {
+		opt.Detector = &provider.Detector{}
+	}
+	if err := opt.Detector.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if opt.HoldTTL <= 0 {
+		opt.HoldTTL = 10 * time.Minute
+	}
+	if opt.SettleTimeout <= 0 {
+		opt.SettleTimeout = 5 * time.Second
+	}
+	if opt.MaxBufferedResponse <= 0 {
+		opt.MaxBufferedResponse = 16 << 20
+	}
+	if opt.Logger == nil {
+		opt.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opt.Clock == nil {
+		opt.Clock = time.Now
+	}
+	if opt.Observer == nil {
+		opt.Observer = NopObserver{}
+	}
+	return &Server{opt: opt}, nil
+}
+
+// Process runs one ext_proc stream: one HTTP request through Envoy.
+func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+	st := newStream(s, srv.Context())
+	// Whatever ends the stream (normal end, client abort, Envoy reset,
+	// sidecar shutdown), a reserved request is settled: design-notes §4.5.
+	defer st.finish()
+	for {
+		req, err := srv.Recv()
+		if err != nil {
+			// envoy-extproc.md §1.1: Envoy half-closes then resets; EOF and
+			// a cancelled context are both normal ends.
+			if errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		}
+		resp, err := st.handle(req)
+		if err != nil {
+			return status.Error(codes.FailedPrecondition, err.Error())
+		}
+		if resp == nil {
+			continue
+		}
+		if err := srv.Send(resp); err != nil {
+			if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) || errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// Drain waits until settlements started by ended streams are done, or ctx
+// ends. Main calls it after the gRPC server stopped so no debit is lost on
+// shutdown.
+func (s *Server) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.settling.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("extproc: settlements still running: %w", ctx.Err())
+	}
+}
+
+func (s *Server) passthrough(host, path string) bool {
+	p, _, _ := strings.Cut(path, "?")
+	for _, e := range s.opt.Passthrough {
+		if strings.HasPrefix(e, "/") {
+			if strings.HasPrefix(p, e) {
+				return true
+			}
+		} else if strings.HasPrefix(host+p, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// newRequestID makes the ledger's id for one stream. Envoy's x-request-id is
+// kept for tracing, but a random suffix is added: a client that replays an
+// x-request-id makes a new upstream call and must pay for it again, while
+// go-redis retries within this stream reuse the same id and stay idempotent.
+func newRequestID(xrid string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	suffix := hex.EncodeToString(b[:])
+	if xrid == "" || len(xrid) > 120 || !validIDChars(xrid) {
+		return "req-" + suffix
+	}
+	return xrid + "." + suffix
+}
+
+func validIDChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._:-", c) >= 0) {
+			return false
+		}
+	}
+	return s != "" && s[0] != '.' && s[0] != '-' && s[0] != '_' && s[0] != ':'
+}
