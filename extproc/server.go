@@ -28,6 +28,7 @@ import (
 	"github.com/creditgate/creditgate/extproc/provider"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/pricing"
+	"github.com/creditgate/creditgate/ledger/spool"
 )
 
 // Ledger is the part of *ledger.Ledger the processor uses.
@@ -65,9 +66,15 @@ type Options struct {
 	// MaxBufferedResponse caps the bytes kept to parse a compressed stream
 	// (default 16 MiB).
 	MaxBufferedResponse int
-	Logger              *slog.Logger
-	Clock               func() time.Time
-	Observer            Observer
+	// Spool, if set, keeps settlements that could not reach Redis and
+	// replays them (ledger/spool); without it such a settlement is logged
+	// and the hold's expiry is the only safety net.
+	Spool interface {
+		Add(spool.Settlement) error
+	}
+	Logger   *slog.Logger
+	Clock    func() time.Time
+	Observer Observer
 }
 
 // Server implements the ExternalProcessor service.

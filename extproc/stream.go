@@ -22,6 +22,7 @@ import (
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/money"
 	"github.com/creditgate/creditgate/ledger/pricing"
+	"github.com/creditgate/creditgate/ledger/spool"
 )
 
 // phase is where one stream is in Envoy's message sequence
@@ -482,15 +483,20 @@ func (st *stream) settle(res provider.Result, why string) *ledger.CaptureResult 
 	ctx, cancel := st.settleContext()
 	defer cancel()
 	t0 := time.Now()
-	r, err := st.s.opt.Ledger.Capture(ctx, ledger.CaptureRequest{
+	capReq := ledger.CaptureRequest{
 		Account: st.account, RequestID: st.requestID, Cost: cost, Provider: st.route.Provider, Model: res.Model,
 		PriceRow: row.ID, Usage: string(uj), Estimated: estimated, Time: st.s.opt.Clock(),
-	})
+	}
+	r, err := st.s.opt.Ledger.Capture(ctx, capReq)
 	st.s.opt.Observer.CaptureLatency(time.Since(t0))
 	if err != nil {
 		st.s.opt.Observer.LedgerError("capture")
 		st.s.opt.Observer.Request(st.route.Provider, res.Model, "error")
-		st.log.Error("capture failed; the hold stays until it expires", "err", err, "cost", cost.String())
+		if st.spool(spool.Settlement{Capture: &capReq}, err) {
+			st.log.Warn("capture could not reach the ledger; spooled for replay", "err", err, "cost", cost.String())
+		} else {
+			st.log.Error("capture failed; the hold stays until it expires", "err", err, "cost", cost.String())
+		}
 		return nil
 	}
 	outcome := "charged"
@@ -519,12 +525,27 @@ func (st *stream) release(reason string) *ledger.ReleaseResult {
 	r, err := st.s.opt.Ledger.Release(ctx, st.account, st.requestID, reason)
 	if err != nil {
 		st.s.opt.Observer.LedgerError("release")
-		st.log.Error("release failed; the hold stays until it expires", "err", err)
+		if !st.spool(spool.Settlement{Release: &spool.Release{Account: st.account, RequestID: st.requestID, Reason: reason}}, err) {
+			st.log.Error("release failed; the hold stays until it expires", "err", err)
+		}
 		return nil
 	}
 	st.s.opt.Observer.Request(st.route.Provider, st.req.Model, "released")
 	st.log.Info("released", "reason", reason)
 	return &r
+}
+
+// spool keeps a settlement that could not reach Redis for replay
+// (design-notes §6); it reports whether it did.
+func (st *stream) spool(item spool.Settlement, err error) bool {
+	if st.s.opt.Spool == nil || !errors.Is(err, ledger.ErrUnavailable) {
+		return false
+	}
+	if serr := st.s.opt.Spool.Add(item); serr != nil {
+		st.log.Error("spool write failed; the settlement is lost until the hold expires", "err", serr)
+		return false
+	}
+	return true
 }
 
 // settleContext outlives the gRPC stream: a settlement started because the

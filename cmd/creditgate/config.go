@@ -52,6 +52,9 @@ type Config struct {
 		HoldTTL        Duration     `json:"hold_ttl"`
 		SweepInterval  Duration     `json:"sweep_interval"`
 		Retention      Duration     `json:"retention"`
+		// SpoolPath keeps settlements that could not reach Redis until they
+		// replay (env CREDITGATE_SPOOL_PATH); empty disables the spool.
+		SpoolPath string `json:"spool_path"`
 	} `json:"ledger"`
 
 	Identity extproc.Identity `json:"identity"`
@@ -124,6 +127,7 @@ func LoadConfig(path string, getenv func(string) string) (Config, error) {
 	str("CREDITGATE_REDIS_PREFIX", &c.Redis.Prefix)
 	str("CREDITGATE_PRICES_CATALOG", &c.Prices.Catalog)
 	str("CREDITGATE_LOG_LEVEL", &c.Log.Level)
+	str("CREDITGATE_SPOOL_PATH", &c.Ledger.SpoolPath)
 	str("CREDITGATE_LOG_FORMAT", &c.Log.Format)
 	if v := getenv("CREDITGATE_IDENTITY_SOURCES"); v != "" {
 		c.Identity.Sources = strings.Split(v, ",")

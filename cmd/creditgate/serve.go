@@ -26,6 +26,7 @@ import (
 	"github.com/creditgate/creditgate/extproc/provider"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/admin"
+	"github.com/creditgate/creditgate/ledger/spool"
 )
 
 func runServe(ctx context.Context, e env, args []string) error {
@@ -109,14 +110,29 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 	if err != nil {
 		return err
 	}
+	var sp *spool.Spool
+	if cfg.Ledger.SpoolPath != "" {
+		if sp, err = spool.Open(cfg.Ledger.SpoolPath); err != nil {
+			return err
+		}
+		if sp.Len() > 0 {
+			log.Warn("settlements waiting in the spool from a previous run", "count", sp.Len())
+		}
+	} else {
+		log.Warn("ledger.spool_path is not set: a settlement that cannot reach Redis waits only for its hold to expire")
+	}
 	reg := prometheus.NewRegistry()
 	metrics := newMetrics(reg, prices)
-	ep, err := extproc.NewServer(extproc.Options{
+	epOpt := extproc.Options{
 		Ledger: led, Prices: prices, Identity: cfg.Identity,
 		Detector:    &provider.Detector{Hosts: cfg.Providers.Hosts},
 		Passthrough: cfg.Providers.Passthrough, HoldTTL: cfg.Ledger.HoldTTL.Duration,
 		Logger: log, Clock: clock, Observer: metrics,
-	})
+	}
+	if sp != nil {
+		epOpt.Spool = sp
+	}
+	ep, err := extproc.NewServer(epOpt)
 	if err != nil {
 		return err
 	}
@@ -172,7 +188,17 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 	defer stopBG()
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	wg.Add(4)
+	wg.Add(5)
+	go func() {
+		defer wg.Done()
+		if sp == nil {
+			return
+		}
+		sp.Run(bg, led, time.Second, func(err error) { log.Warn("spool replay waiting for the ledger", "err", err) },
+			func(item spool.Settlement, err error) {
+				log.Error("spooled settlement refused by the ledger", "err", err)
+			})
+	}()
 	go func() { defer wg.Done(); errc <- gs.Serve(gl) }()
 	go func() {
 		defer wg.Done()
