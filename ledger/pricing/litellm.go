@@ -115,12 +115,18 @@ type liteLLMEntry map[string]json.RawMessage
 // rat returns a numeric field exactly; ok is false when it is absent or null.
 func (e liteLLMEntry) rat(field string) (*big.Rat, bool, error) {
 	raw, present := e[field]
-	if !present || string(bytes.TrimSpace(raw)) == "null" {
+	raw = bytes.TrimSpace(raw)
+	if !present || string(raw) == "null" {
 		return nil, false, nil
+	}
+	if len(raw) > 0 && raw[0] == '"' {
+		// json.Number would accept "3e-06"; a price written as text is a
+		// different, unreviewed convention, so it is refused.
+		return nil, false, fmt.Errorf("%s is a string (%s), not a number", field, raw)
 	}
 	var n json.Number
 	if err := json.Unmarshal(raw, &n); err != nil {
-		return nil, false, fmt.Errorf("%s is not a number (%s)", field, bytes.TrimSpace(raw))
+		return nil, false, fmt.Errorf("%s is not a number (%s)", field, raw)
 	}
 	r, ok := new(big.Rat).SetString(n.String())
 	if !ok {
