@@ -27,7 +27,7 @@ type Skipped struct {
 // object at all. Every top-level key ends up in exactly one of the two.
 //
 // Prices are read from the JSON number text with math/big (never through
-// float64), multiplied by 10^12 (USD per token → µUSD per 1M tokens) and
+// a binary float), multiplied by 10^12 (USD per token → µUSD per 1M tokens) and
 // must land on a whole Rate to within float-noise (1 part in 10^9); see
 // docs/pricing.md for the field mapping.
 func ImportLiteLLM(data []byte, effectiveFrom time.Time) (*File, []Skipped, error) {
@@ -142,7 +142,7 @@ func perTokenRate(field string, v *big.Rat) (Rate, error) {
 		return 0, fmt.Errorf("%s = %s is negative", field, v.FloatString(15))
 	}
 	// Round half up to the nearest whole Rate, then accept it only if the
-	// difference is float noise (LiteLLM's numbers went through float64
+	// difference is float noise (LiteLLM's numbers went through a binary float
 	// somewhere upstream, e.g. 2.9999900000000002e-06).
 	num, den := x.Num(), x.Denom()
 	q, m := new(big.Int).QuoRem(num, den, new(big.Int))
@@ -202,33 +202,30 @@ var liteLLMClasses = []struct {
 
 // prices fills a PriceSpec from fields named base+suffix; classes whose
 // suffixed field is absent fall back to fallback (LiteLLM prices a missing
-// "_above_200k" variant at the base price). It reports whether any field
-// with this suffix was present.
-func (e liteLLMEntry) prices(suffix string, fallback *PriceSpec) (PriceSpec, bool, error) {
+// "_above_200k" variant at the base price).
+func (e liteLLMEntry) prices(suffix string, fallback *PriceSpec) (PriceSpec, error) {
 	var p PriceSpec
-	found := false
 	for _, c := range liteLLMClasses {
 		for _, field := range c.fields {
 			v, ok, err := e.rat(field + suffix)
 			if err != nil {
-				return p, found, err
+				return p, err
 			}
 			if !ok {
 				continue
 			}
 			rt, err := perTokenRate(field+suffix, v)
 			if err != nil {
-				return p, found, err
+				return p, err
 			}
 			*c.pick(&p) = NewDecimal(rt.String())
-			found = true
 			break
 		}
 		if fallback != nil && c.pick(&p).IsZero() {
 			*c.pick(&p) = *c.pick(fallback)
 		}
 	}
-	return p, found, nil
+	return p, nil
 }
 
 // tierThresholds lists the N of "_above_Nk_tokens" suffixes on token-price
@@ -302,7 +299,7 @@ func convertLiteLLM(key string, raw json.RawMessage, eff string) (*ModelSpec, st
 		}
 		spec.PriceSpec, spec.LongContext = base, tier
 	default:
-		base, _, err := e.prices("", nil)
+		base, err := e.prices("", nil)
 		if err != nil {
 			return fail(err)
 		}
@@ -311,7 +308,7 @@ func convertLiteLLM(key string, raw json.RawMessage, eff string) (*ModelSpec, st
 		case 0:
 		case 1:
 			suffix := fmt.Sprintf("_above_%dk_tokens", ts[0]/1000)
-			tp, _, err := e.prices(suffix, &base)
+			tp, err := e.prices(suffix, &base)
 			if err != nil {
 				return fail(err)
 			}
@@ -389,11 +386,11 @@ func (e liteLLMEntry) tieredPricing() (PriceSpec, *TierSpec, error) {
 	if !ok1 || !ok2 || lo.Sign() != 0 || !hi.IsInt() || !hi.Num().IsInt64() || hi.Sign() <= 0 {
 		return PriceSpec{}, nil, fmt.Errorf("tiered_pricing[0].range %v is not [0, N]", rng)
 	}
-	base, _, err := tiers[0].prices("", nil)
+	base, err := tiers[0].prices("", nil)
 	if err != nil {
 		return PriceSpec{}, nil, fmt.Errorf("tiered_pricing[0]: %w", err)
 	}
-	tp, _, err := tiers[1].prices("", &base)
+	tp, err := tiers[1].prices("", &base)
 	if err != nil {
 		return PriceSpec{}, nil, fmt.Errorf("tiered_pricing[1]: %w", err)
 	}

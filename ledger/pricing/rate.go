@@ -110,7 +110,7 @@ func (d Decimal) IsZero() bool { return d.text == "" && !d.number }
 func (d Decimal) MarshalJSON() ([]byte, error) { return json.Marshal(d.text) }
 
 // UnmarshalJSON accepts a JSON string, or a JSON number that validation
-// later rejects: YAML has already turned such a number into a float64 by
+// later rejects: YAML has already turned such a number into a binary float by
 // then, so its digits can no longer be trusted.
 func (d *Decimal) UnmarshalJSON(b []byte) error {
 	b = bytes.TrimSpace(b)
