@@ -114,7 +114,7 @@ func ExtProcFromExtensionPolicies(stream []byte) ([]*extprocfilterv3.ExternalPro
 			continue
 		}
 		if o.APIVersion != "gateway.envoyproxy.io/v1alpha1" {
-			c.add(o.Ref(), fmt.Errorf("%w: apiVersion %q, want gateway.envoyproxy.io/v1alpha1", ErrSyntax, o.APIVersion))
+			c.add(o.Ref(), fmt.Errorf("%w: apiVersion %q, want gateway.envoyproxy.io/v1alpha1", ErrSchema, o.APIVersion))
 			continue
 		}
 		var p egPolicy
@@ -138,7 +138,7 @@ func ExtProcFromExtensionPolicies(stream []byte) ([]*extprocfilterv3.ExternalPro
 // egExtProc checks one extProc entry against the CRD rules and translates it as Envoy Gateway does.
 func (c *checker) egExtProc(path string, e egExtProc) *extprocfilterv3.ExternalProcessor {
 	crd := func(field, format string, args ...any) {
-		c.add(path+"."+field, fmt.Errorf("%w: %s", ErrSyntax, fmt.Sprintf(format, args...)))
+		c.add(path+"."+field, fmt.Errorf("%w: %s", ErrSchema, fmt.Sprintf(format, args...)))
 	}
 	if e.BackendRef != nil {
 		crd("backendRef", "not supported, use backendRefs")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strings"
 
@@ -71,7 +72,7 @@ func ValidateEnvoyFilters(stream []byte) ([]*extprocfilterv3.ExternalProcessor, 
 			continue
 		}
 		if !strings.HasPrefix(o.APIVersion, "networking.istio.io/") {
-			c.add(o.Ref(), fmt.Errorf("%w: apiVersion %q is not networking.istio.io", ErrPolicy, o.APIVersion))
+			c.add(o.Ref(), fmt.Errorf("%w: apiVersion %q is not networking.istio.io", ErrSchema, o.APIVersion))
 			continue
 		}
 		if err := strictDecode(o.Doc["spec"], &envoyFilterSpec{}); err != nil {
@@ -81,7 +82,7 @@ func ValidateEnvoyFilters(stream []byte) ([]*extprocfilterv3.ExternalProcessor, 
 		spec, _ := o.Doc["spec"].(map[string]any)
 		patches, _ := spec["configPatches"].([]any)
 		if len(patches) == 0 {
-			c.add(o.Ref(), fmt.Errorf("%w: no configPatches", ErrSyntax))
+			c.add(o.Ref(), fmt.Errorf("%w: no configPatches", ErrSchema))
 		}
 		for i, p := range patches {
 			c.envoyFilterPatch(fmt.Sprintf("%s configPatches[%d]", o.Ref(), i), p)
@@ -105,21 +106,21 @@ func (c *checker) envoyFilterPatch(path string, raw any) {
 	}
 	msg, ok := istioPatchValue(applyTo)
 	if !ok {
-		c.add(path+".applyTo", fmt.Errorf("%w: applyTo %q has no Envoy message this validator knows", ErrSyntax, applyTo))
+		c.add(path+".applyTo", fmt.Errorf("%w: applyTo %q has no Envoy message this validator knows", ErrSchema, applyTo))
 		return
 	}
 	value, ok := patch["value"]
 	if !ok {
-		c.add(path+".patch.value", fmt.Errorf("%w: %s needs a value", ErrSyntax, op))
+		c.add(path+".patch.value", fmt.Errorf("%w: %s needs a value", ErrSchema, op))
 		return
 	}
 	j, err := json.Marshal(value)
 	if err != nil {
-		c.add(path+".patch.value", fmt.Errorf("%w: %w", ErrSyntax, err))
+		c.add(path+".patch.value", fmt.Errorf("%w: %w", ErrDecode, err))
 		return
 	}
 	if err := protojson.Unmarshal(j, msg); err != nil {
-		c.add(path+".patch.value", fmt.Errorf("as %s: %w", msg.ProtoReflect().Descriptor().FullName(), err))
+		c.add(path+".patch.value", fmt.Errorf("%w as %s: %w", ErrDecode, msg.ProtoReflect().Descriptor().FullName(), err))
 		return
 	}
 	vpath := fmt.Sprintf("%s.patch.value<%s>", path, msg.ProtoReflect().Descriptor().Name())
@@ -194,16 +195,70 @@ type envoyFilterSpec struct {
 	} `json:"configPatches"`
 }
 
-// strictDecode re-encodes a decoded JSON value into dst, failing on any field dst does not declare.
+// strictDecode re-encodes a decoded JSON value into dst, failing on any field dst does not declare, matched
+// case-sensitively as the Kubernetes API server does (encoding/json alone would accept "subfilter" for
+// "subFilter").
 func strictDecode(v any, dst any) error {
+	if err := exactKeys("", v, reflect.TypeOf(dst)); err != nil {
+		return fmt.Errorf("%w: %w", ErrSchema, err)
+	}
 	j, err := json.Marshal(v)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrSyntax, err)
+		return fmt.Errorf("%w: %w", ErrDecode, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(j))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
-		return fmt.Errorf("%w: %w", ErrSyntax, err)
+		return fmt.Errorf("%w: %w", ErrSchema, err)
+	}
+	return nil
+}
+
+// exactKeys checks that every key of the decoded value v names a json field of type t exactly.
+func exactKeys(path string, v any, t reflect.Type) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil // a type mismatch; json.Decode reports it
+		}
+		fields := map[string]reflect.Type{}
+		for i := range t.NumField() {
+			name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+			fields[name] = t.Field(i).Type
+		}
+		for _, k := range sortedKeys(m) {
+			ft, ok := fields[k]
+			if !ok {
+				return fmt.Errorf("%s: unknown field %q", strings.TrimPrefix(path+"."+k, "."), k)
+			}
+			if err := exactKeys(path+"."+k, m[k], ft); err != nil {
+				return err
+			}
+		}
+	case reflect.Slice:
+		l, ok := v.([]any)
+		if !ok || t.Elem().Kind() == reflect.Uint8 { // json.RawMessage is opaque
+			return nil
+		}
+		for i, el := range l {
+			if err := exactKeys(fmt.Sprintf("%s[%d]", path, i), el, t.Elem()); err != nil {
+				return err
+			}
+		}
+	case reflect.Map:
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		for _, k := range sortedKeys(m) {
+			if err := exactKeys(fmt.Sprintf("%s[%q]", path, k), m[k], t.Elem()); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

@@ -26,7 +26,8 @@ import (
 
 // Sentinel errors, for errors.Is on a Problem.
 var (
-	ErrSyntax         = errors.New("not valid YAML or JSON")
+	ErrDecode         = errors.New("cannot be decoded")
+	ErrSchema         = errors.New("breaks the resource's schema")
 	ErrUnknownCluster = errors.New("names a cluster that is not defined")
 	ErrDuplicateName  = errors.New("duplicate name")
 	ErrDeprecated     = errors.New("uses a deprecated field or value")
@@ -79,7 +80,7 @@ func (e *ValidationError) Unwrap() []error {
 func toJSON(doc []byte) ([]byte, error) {
 	j, err := yaml.YAMLToJSONStrict(doc)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrSyntax, err)
+		return nil, fmt.Errorf("%w: %w", ErrDecode, err)
 	}
 	return j, nil
 }
@@ -92,7 +93,7 @@ func ParseBootstrap(doc []byte) (*bootstrapv3.Bootstrap, error) {
 	}
 	b := &bootstrapv3.Bootstrap{}
 	if err := protojson.Unmarshal(j, b); err != nil {
-		return nil, fmt.Errorf("envoy: bootstrap: %w", err)
+		return nil, fmt.Errorf("envoy: bootstrap: %w: %w", ErrDecode, err)
 	}
 	return b, nil
 }
@@ -137,20 +138,20 @@ func ParseExtProcFilter(doc []byte) (*extprocfilterv3.ExternalProcessor, error) 
 	ep := &extprocfilterv3.ExternalProcessor{}
 	var probe map[string]json.RawMessage
 	if err := json.Unmarshal(j, &probe); err != nil {
-		return nil, fmt.Errorf("envoy: ext_proc: %w: %w", ErrSyntax, err)
+		return nil, fmt.Errorf("envoy: ext_proc: %w: %w", ErrDecode, err)
 	}
 	if _, typed := probe["@type"]; !typed {
 		if err := protojson.Unmarshal(j, ep); err != nil {
-			return nil, fmt.Errorf("envoy: ext_proc: %w", err)
+			return nil, fmt.Errorf("envoy: ext_proc: %w: %w", ErrDecode, err)
 		}
 		return ep, nil
 	}
 	a := &anypb.Any{}
 	if err := protojson.Unmarshal(j, a); err != nil {
-		return nil, fmt.Errorf("envoy: ext_proc: %w", err)
+		return nil, fmt.Errorf("envoy: ext_proc: %w: %w", ErrDecode, err)
 	}
 	if err := a.UnmarshalTo(ep); err != nil {
-		return nil, fmt.Errorf("envoy: ext_proc: %w", err)
+		return nil, fmt.Errorf("envoy: ext_proc: %w: %w", ErrDecode, err)
 	}
 	return ep, nil
 }
