@@ -8,8 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -773,7 +775,25 @@ func TestCreditgateManifest(t *testing.T) {
 	if servicePort(t, svc, "grpc") != "9000" || servicePort(t, svc, "http-admin") != "8081" {
 		t.Error("want ports grpc 9000 and http-admin 8081")
 	}
-	mustFind(t, objs, "ConfigMap", "creditgate", "creditgate")
+	cm := mustFind(t, objs, "ConfigMap", "creditgate", "creditgate")
+	var cfg struct {
+		ShutdownTimeout string `json:"shutdown_timeout"`
+	}
+	if err := yaml.Unmarshal([]byte(dig(t, cm.Doc, "data", "config.yaml").(string)), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	shutdown, err := time.ParseDuration(cfg.ShutdownTimeout)
+	if err != nil {
+		t.Fatalf("shutdown_timeout: %v", err)
+	}
+	grace, err := strconv.Atoi(fmt.Sprint(dig(t, dep.Doc, "spec", "template", "spec", "terminationGracePeriodSeconds")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// serve waits shutdown_timeout for streams, then again for settlements.
+	if 2*shutdown >= time.Duration(grace)*time.Second {
+		t.Errorf("2 x shutdown_timeout (%s) does not fit in terminationGracePeriodSeconds (%ds)", shutdown, grace)
+	}
 
 	redis := mustFind(t, objs, "Deployment", "creditgate", "redis")
 	c := dig(t, redis.Doc, "spec", "template", "spec", "containers", 0)
