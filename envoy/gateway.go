@@ -124,11 +124,10 @@ func ExtProcFromExtensionPolicies(stream []byte) ([]*extprocfilterv3.ExternalPro
 		}
 		for i, e := range p.Spec.ExtProc {
 			path := fmt.Sprintf("%s spec.extProc[%d]", o.Ref(), i)
-			ep := c.egExtProc(path, e)
-			ep.GrpcService.GetEnvoyGrpc().ClusterName = fmt.Sprintf("envoyextensionpolicy/%s/%s/extproc/%d", o.Namespace, o.Name, i)
-			sub := &checker{}
-			sub.root(path+"<ExternalProcessor>", ep)
-			c.problems = append(c.problems, sub.problems...)
+			// The cluster name Envoy Gateway generates for this entry (irConfigName + "/extproc/<index>").
+			cluster := fmt.Sprintf("envoyextensionpolicy/%s/%s/extproc/%d", o.Namespace, o.Name, i)
+			ep := c.egExtProc(path, cluster, e)
+			c.root(path+"<ExternalProcessor>", ep)
 			eps = append(eps, ep)
 		}
 	}
@@ -136,7 +135,7 @@ func ExtProcFromExtensionPolicies(stream []byte) ([]*extprocfilterv3.ExternalPro
 }
 
 // egExtProc checks one extProc entry against the CRD rules and translates it as Envoy Gateway does.
-func (c *checker) egExtProc(path string, e egExtProc) *extprocfilterv3.ExternalProcessor {
+func (c *checker) egExtProc(path, cluster string, e egExtProc) *extprocfilterv3.ExternalProcessor {
 	crd := func(field, format string, args ...any) {
 		c.add(path+"."+field, fmt.Errorf("%w: %s", ErrSchema, fmt.Sprintf(format, args...)))
 	}
@@ -178,7 +177,7 @@ func (c *checker) egExtProc(path string, e egExtProc) *extprocfilterv3.ExternalP
 	}
 	ep := &extprocfilterv3.ExternalProcessor{
 		GrpcService: &corev3.GrpcService{
-			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{}},
+			TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: cluster}},
 			Timeout:         durationpb.New(egGRPCTimeout),
 		},
 		ProcessingMode: pm,
