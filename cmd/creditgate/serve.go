@@ -151,7 +151,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 		return fmt.Errorf("admin listener: %w", err)
 	}
 
-	gs := grpc.NewServer()
+	// Envoy sends a BUFFERED request body as one message; the shipped configs
+	// allow 32 MiB bodies, above gRPC's 4 MiB default.
+	gs := grpc.NewServer(grpc.MaxRecvMsgSize(maxGRPCMessage), grpc.MaxSendMsgSize(maxGRPCMessage))
 	extprocv3.RegisterExternalProcessorServer(gs, ep)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
@@ -250,6 +252,8 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 	log.Info("creditgate stopped")
 	return runErr
 }
+
+const maxGRPCMessage = 48 << 20
 
 func isLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
