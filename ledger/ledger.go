@@ -201,19 +201,25 @@ func (l *Ledger) run(ctx context.Context, name string, keys []string, args ...an
 	return res, nil
 }
 
+var scriptErrors = map[string]error{
+	"CG_NOACCOUNT": ErrNoAccount, "CG_CONFLICT": ErrIDConflict, "CG_CLOSED": ErrHoldClosed,
+	"CG_NOHOLD": ErrNoHold, "CG_INVALID": ErrInvalid, "CG_LIMIT": ErrInvalid,
+}
+
 // classify maps a script's error reply to a typed error, and transport
 // failures to ErrUnavailable.
 func classify(err error) error {
 	if err == nil {
 		return nil
 	}
+	// The code is the first CG_ token of the reply (error_reply puts it first;
+	// a Lua error() puts Redis's script prefix before it). Ids echoed later in
+	// the message must not be mistaken for the code.
 	msg := err.Error()
-	for code, typed := range map[string]error{
-		"CG_NOACCOUNT": ErrNoAccount, "CG_CONFLICT": ErrIDConflict, "CG_CLOSED": ErrHoldClosed,
-		"CG_NOHOLD": ErrNoHold, "CG_INVALID": ErrInvalid, "CG_LIMIT": ErrInvalid,
-	} {
-		if i := strings.Index(msg, code); i >= 0 {
-			return fmt.Errorf("%w: %s", typed, strings.TrimSpace(msg[i+len(code):]))
+	if i := strings.Index(msg, "CG_"); i >= 0 {
+		code, rest, _ := strings.Cut(msg[i:], " ")
+		if typed, ok := scriptErrors[code]; ok {
+			return fmt.Errorf("%w: %s", typed, strings.TrimSpace(rest))
 		}
 	}
 	var rerr redis.Error
@@ -310,7 +316,7 @@ func (l *Ledger) Reserve(ctx context.Context, req ReserveRequest) (Hold, error) 
 		return Hold{}, classify(err)
 	}
 	res, err := l.run(ctx, "reserve", []string{k.acct, k.journal, k.req(req.RequestID), k.holds},
-		req.RequestID, int64(req.Estimate), deadline, now, req.Provider, req.Model, l.opt.Retention.Milliseconds())
+		req.RequestID, int64(req.Estimate), deadline, now, req.Provider, req.Model)
 	if err != nil {
 		return Hold{}, err
 	}

@@ -60,7 +60,8 @@ func (l *Ledger) ExpireAccount(ctx context.Context, account string, nowMs int64)
 	k := l.keys(account)
 	total := 0
 	for {
-		res, err := l.run(ctx, "expire", []string{k.acct, k.journal, k.holds, k.reqPfx}, nowMs, l.opt.SweepBatch)
+		res, err := l.run(ctx, "expire", []string{k.acct, k.journal, k.holds, k.reqPfx}, nowMs, l.opt.SweepBatch,
+			l.opt.Retention.Milliseconds())
 		if err != nil {
 			return total, -1, err
 		}

@@ -39,18 +39,19 @@ local bal, held, carry = acct_state(kacct)
 if bal == nil then
   return fail('NOACCOUNT', 'no such account')
 end
+carry = carry + rem
+local debit = micros + math.floor(carry / 1000000)
+carry = carry % 1000000
+-- Every check before the first write: a refused capture changes nothing.
+if bal - debit < -MAXEXACT then
+  return fail('LIMIT', 'balance would leave the exact range')
+end
 local late = 0
 if st == 'open' then
   redis.call('HINCRBY', kacct, 'held', I(-tonumber(r[2])))
   redis.call('ZREM', kholds, rid)
 else
   late = 1 -- st == 'expired'
-end
-carry = carry + rem
-local debit = micros + math.floor(carry / 1000000)
-carry = carry % 1000000
-if bal - debit < -MAXEXACT then
-  return fail('LIMIT', 'balance would leave the exact range')
 end
 local newbal = redis.call('HINCRBY', kacct, 'bal', I(-debit))
 redis.call('HSET', kacct, 'carry', I(carry))
