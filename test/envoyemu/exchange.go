@@ -814,9 +814,10 @@ func (x *exchange) cleanup() {
 	x.detachUpstream()
 	close(x.done)
 	for _, s := range x.f.streams {
-		// Safety net for a server that stopped reading: the sender would
-		// otherwise never reach its half-close and reset.
-		time.AfterFunc(5*time.Second, s.cancel)
+		// Safety net for a server that stopped reading: a sender blocked by
+		// flow control would otherwise never reach its half-close and reset.
+		// Far longer than any normal close so it never masks a missing reset.
+		time.AfterFunc(time.Minute, s.cancel)
 	}
 	dm := &structpb.Struct{Fields: map[string]*structpb.Value{}}
 	for ns, v := range x.dynMeta {

@@ -266,7 +266,7 @@ func (h *harness) waitAll(cond func([]Event) bool) bool {
 }
 
 func (h *harness) client() *http.Client {
-	return &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	return &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: 3 * guard}
 }
 
 func (h *harness) do(req *http.Request) (*http.Response, string) {

@@ -134,7 +134,10 @@ func TestBufferedBothDirections(t *testing.T) {
 			}
 		}
 	}
-	h := newHarness(t, harnessOpts{filter: withMode(baseFilter(), bodyModes(buffer, buffer)), script: script})
+	f := withMode(baseFilter(), bodyModes(buffer, buffer))
+	f.RequestAttributes = []string{"request.method"}
+	f.ResponseAttributes = []string{"response.code"}
+	h := newHarness(t, harnessOpts{filter: f, script: script})
 	resp, body := h.do(h.newRequest("POST", "/v1/chat/completions", "hello world"))
 	if resp.StatusCode != 200 || body != "new-output" || resp.Header.Get("X-Resp") != "1" {
 		t.Fatalf("client got %d %q %v", resp.StatusCode, body, resp.Header)
@@ -152,6 +155,24 @@ func TestBufferedBothDirections(t *testing.T) {
 	}
 	if got := describeAll(s.messages()); !equalStrings(got, want) {
 		t.Fatalf("messages = %q, want %q", got, want)
+	}
+	// Attributes once per direction, on its first message (§1.2).
+	for i, m := range s.messages() {
+		attrs := m.GetAttributes()["envoy.filters.http.ext_proc"].GetFields()
+		switch i {
+		case 0:
+			if attrs["request.method"].GetStringValue() != "POST" || len(attrs) != 1 {
+				t.Errorf("request attributes %v", attrs)
+			}
+		case 2:
+			if attrs["response.code"].GetNumberValue() != 200 || len(attrs) != 1 {
+				t.Errorf("response attributes %v", attrs)
+			}
+		default:
+			if m.GetAttributes() != nil {
+				t.Errorf("message %d repeats attributes", i)
+			}
+		}
 	}
 	// The server still sees content-length in BUFFERED with headers SEND.
 	if cl, ok, _ := protoHeader(headersOf(s.messages()[0]), "content-length"); !ok || cl != "11" {
@@ -441,6 +462,7 @@ func TestModeOverride(t *testing.T) {
 	tests := []struct {
 		name     string
 		allow    bool
+		mode     *extprocfilterv3.ProcessingMode
 		allowed  []*extprocfilterv3.ProcessingMode
 		override *extprocfilterv3.ProcessingMode
 		want     []string
@@ -465,14 +487,26 @@ func TestModeOverride(t *testing.T) {
 			want:     []string{"request_headers eos=true", "response_headers eos=false", `response_body "upstream-ok" eos=true`},
 		},
 		{
-			name: "SKIP response headers, body literal", allow: true,
+			name: "SKIP response headers", allow: true,
 			override: &extprocfilterv3.ProcessingMode{ResponseHeaderMode: skip},
 			want:     []string{"request_headers eos=true"},
+		},
+		{
+			name: "omitted body mode means NONE", allow: true,
+			mode:     &extprocfilterv3.ProcessingMode{ResponseBodyMode: buffer},
+			override: &extprocfilterv3.ProcessingMode{ResponseHeaderMode: send},
+			want:     []string{"request_headers eos=true", "response_headers eos=false"},
+		},
+		{
+			name: "DEFAULT header mode keeps the filter's SKIP", allow: true,
+			mode:     &extprocfilterv3.ProcessingMode{ResponseHeaderMode: skip},
+			override: &extprocfilterv3.ProcessingMode{ResponseBodyMode: buffer},
+			want:     []string{"request_headers eos=true", `response_body "upstream-ok" eos=true`},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			f := baseFilter()
+			f := withMode(baseFilter(), tc.mode)
 			f.AllowModeOverride = tc.allow
 			f.AllowedOverrideModes = tc.allowed
 			script := func(s *srvStream) error {
@@ -653,6 +687,11 @@ func TestImmediateResponse(t *testing.T) {
 			tr := h.trace()
 			if tc.ir.GetDetails() != "" && tr.ResponseCodeDetails != "out_of_credit" {
 				t.Errorf("details %q", tr.ResponseCodeDetails)
+			}
+			for _, e := range tr.Events {
+				if e.Kind == EventLocalReply && e.Status != tc.wantStatus {
+					t.Errorf("local reply status %d, want %d", e.Status, tc.wantStatus)
+				}
 			}
 			// The local reply's own headers do not go through ext_proc.
 			if n := len(h.stream().messages()); n != 1 {
