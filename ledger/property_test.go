@@ -851,9 +851,8 @@ func newRealEnv(t *testing.T, opt ledger.Options) *env {
 }
 
 // A capture refused by capture.lua's range check (CG_LIMIT) must change
-// nothing. The script frees the hold (HINCRBY held, ZREM) before that check
-// and then returns the error reply; Redis does not roll scripts back. The
-// check only trips near a −$9 billion balance, reached here with ~980
+// nothing; Redis does not roll scripts back, so every check must come before
+// the first write (the script once freed the hold first). The check only trips near a −$9 billion balance, reached here with ~980
 // captures of the largest cost the Go side accepts (math.MaxInt64 pico).
 func TestPropertyCaptureRefusedAtLimitChangesNothing(t *testing.T) {
 	// Regression test; the bug it found: capture.lua frees the hold (HINCRBY held, ZREM) before its CG_LIMIT check, so a refused capture leaves held and the journal disagreeing
@@ -905,9 +904,9 @@ func TestPropertyCaptureRefusedAtLimitChangesNothing(t *testing.T) {
 	}
 }
 
-// Error types must not depend on the ids inside the message: classify scans
-// the reply for every CG_ code in random map order, so an id that contains
-// another code's name is misread about half the time.
+// Error types must not depend on the ids inside the message: an id that
+// contains another code's name (CG_CONFLICT inside a NOHOLD reply) must not
+// change the typed error; 40 tries defeat any map-order luck.
 func TestPropertyErrorTypeIndependentOfIDs(t *testing.T) {
 	// Regression test; the bug it found: ledger.classify matches CG_ codes anywhere in the reply in map order; an id containing a code name gets the wrong typed error
 	e := newRealEnv(t, ledger.Options{})
