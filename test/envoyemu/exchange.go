@@ -824,8 +824,15 @@ func (x *exchange) cleanup() {
 		dm.Fields[ns] = structpb.NewStructValue(proto.Clone(v).(*structpb.Struct))
 	}
 	x.trace.DynamicMetadata = dm
-	x.record(Event{Kind: EventDone})
+	// The trace is complete before it is published and before anyone hears
+	// of EventDone.
+	x.seq++
+	done := Event{Kind: EventDone, Seq: x.seq, RequestID: x.trace.RequestID}
+	x.trace.Events = append(x.trace.Events, done)
 	x.p.addTrace(x.trace)
+	if x.p.cfg.OnEvent != nil {
+		x.p.cfg.OnEvent(done)
+	}
 	if x.p.cfg.OnDynamicMetadata != nil {
 		x.p.cfg.OnDynamicMetadata(proto.Clone(dm).(*structpb.Struct))
 	}

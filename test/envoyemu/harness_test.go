@@ -328,8 +328,11 @@ func (h *harness) noUpstream() {
 	}
 }
 
+// trace returns the last finished request's trace. The client can have the
+// whole response before the handler finished, so it waits for EventDone.
 func (h *harness) trace() *Trace {
 	h.t.Helper()
+	h.waitEvent(func(e Event) bool { return e.Kind == EventDone })
 	ts := h.proxy.Traces()
 	if len(ts) == 0 {
 		h.t.Fatal("no trace recorded")

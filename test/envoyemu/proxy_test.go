@@ -1050,17 +1050,40 @@ func TestServerCloseReinjectsQueuedChunks(t *testing.T) {
 	}
 }
 
-// TestBufferLimit: BUFFERED over the limit is a 413 on requests (§1.6).
+// TestBufferLimit: BUFFERED over the buffer limit fails with 413 on requests
+// and 500 on responses (§1.6).
 func TestBufferLimit(t *testing.T) {
-	h := newHarness(t, harnessOpts{
-		filter: withMode(baseFilter(), bodyModes(buffer, none)),
-		config: func(c *Config) { c.BufferLimit = 16 },
-	})
-	resp, _ := h.do(h.newRequest("POST", "/", strings.Repeat("x", 100)))
-	if resp.StatusCode != 413 {
-		t.Fatalf("status %d, want 413", resp.StatusCode)
+	tests := []struct {
+		name         string
+		mode         *extprocfilterv3.ProcessingMode
+		body         string
+		wantStatus   int
+		wantUpstream bool
+	}{
+		{"request", bodyModes(buffer, none), strings.Repeat("x", 100), 413, false},
+		{"response", bodyModes(none, buffer), "", 500, true},
 	}
-	h.noUpstream()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{
+				filter: withMode(baseFilter(), tc.mode),
+				config: func(c *Config) { c.BufferLimit = 8 }, // "upstream-ok" is 11 bytes
+			})
+			method := "GET"
+			if tc.body != "" {
+				method = "POST"
+			}
+			resp, _ := h.do(h.newRequest(method, "/", tc.body))
+			if resp.StatusCode != tc.wantStatus {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.wantStatus)
+			}
+			if tc.wantUpstream {
+				h.upstream()
+			} else {
+				h.noUpstream()
+			}
+		})
+	}
 }
 
 // TestLazyStreamOpen: §1.1, the stream opens at the first message needed.
