@@ -31,6 +31,7 @@ type sseEvent struct {
 type sseFramer struct {
 	line     []byte // unfinished line carried across chunks
 	base     int64  // stream offset of line[0]
+	clean    int    // line[:clean] holds no line terminator
 	skipping bool   // inside an over-long line, dropping bytes until its end
 
 	blockStart int64 // stream offset where the current event began
@@ -66,22 +67,27 @@ func (f *sseFramer) finish(emit func(ev *sseEvent, start, end int64)) {
 func (f *sseFramer) scan(final bool, emit func(ev *sseEvent, start, end int64)) {
 	pos := 0
 	for {
-		rest := f.line[pos:]
-		i := bytes.IndexAny(rest, "\r\n")
+		// Bytes before f.clean were searched already: a long line arriving
+		// in small chunks is scanned once, not once per chunk.
+		from := max(pos, f.clean)
+		i := bytes.IndexAny(f.line[from:], "\r\n")
 		if i < 0 {
+			f.clean = len(f.line)
 			break
 		}
+		i += from
 		term := 1
-		if rest[i] == '\r' {
-			if i+1 == len(rest) && !final {
-				break // wait: \r\n may be split across chunks
+		if f.line[i] == '\r' {
+			if i+1 == len(f.line) && !final {
+				f.clean = i // wait: \r\n may be split across chunks
+				break
 			}
-			if i+1 < len(rest) && rest[i+1] == '\n' {
+			if i+1 < len(f.line) && f.line[i+1] == '\n' {
 				term = 2
 			}
 		}
-		line := rest[:i]
-		pos += i + term
+		line := f.line[pos:i]
+		pos = i + term
 		if f.skipping {
 			f.skipping = false // the over-long line ends here
 			continue
@@ -92,21 +98,25 @@ func (f *sseFramer) scan(final bool, emit func(ev *sseEvent, start, end int64)) 
 		}
 		f.processLine(line)
 	}
-	f.base += int64(pos)
-	n := copy(f.line, f.line[pos:])
-	f.line = f.line[:n]
+	if pos > 0 {
+		f.base += int64(pos)
+		n := copy(f.line, f.line[pos:])
+		f.line = f.line[:n]
+		f.clean = max(f.clean-pos, 0)
+	}
 	if len(f.line) > maxLineBytes {
 		f.skipping, f.broken = true, true
 	}
 	if f.skipping {
 		// Drop the over-long line's bytes, but keep a trailing \r: it may be
 		// the first half of the CRLF that ends the line.
-		keep := 0
+		n, keep := len(f.line), 0
 		if n > 0 && f.line[n-1] == '\r' {
 			keep = 1
 		}
 		f.base += int64(n - keep)
 		f.line = append(f.line[:0], f.line[n-keep:]...)
+		f.clean = 0
 	}
 }
 
