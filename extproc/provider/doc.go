@@ -6,7 +6,7 @@
 // (ErrorBody, ErrorEvent).
 //
 // The package is pure: no network, no Redis, no gRPC. Every rule here follows
-// /work/shared/providers.md; section numbers in comments refer to it.
+// shared/providers.md; section numbers (§) in comments refer to it.
 //
 // Usage is normalized into pricing.Usage's disjoint classes (design-notes §5):
 //
