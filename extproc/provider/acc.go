@@ -50,7 +50,7 @@ func (a *acc) setErr(e *ProviderError) {
 	}
 }
 
-// openAIError reads an OpenAI-style top-level error (object or string).
+// openAIErrorFrom reads an OpenAI-style top-level error (object or string).
 func openAIErrorFrom(e gjson.Result) *ProviderError {
 	if e.Type == gjson.String {
 		return &ProviderError{Message: e.Str}
