@@ -138,6 +138,7 @@ type upstreamReq struct {
 	body          string
 	contentLength int64
 	chunked       bool
+	trailer       http.Header
 }
 
 type harnessOpts struct {
@@ -198,6 +199,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 			method: r.Method, path: r.URL.RequestURI(), host: r.Host, header: r.Header.Clone(),
 			body: string(body), contentLength: r.ContentLength,
 			chunked: len(r.TransferEncoding) > 0 && r.TransferEncoding[0] == "chunked",
+			trailer: r.Trailer.Clone(),
 		}
 		upHandler(w, r)
 	}))

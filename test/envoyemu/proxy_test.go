@@ -1232,3 +1232,139 @@ func mustURL(s string) *url.URL {
 	}
 	return u
 }
+
+// TestBufferedPartialOverLimit: §1.5 BUFFERED_PARTIAL sends the prefix with
+// eos=false once the queue exceeds the limit; later data passes unprocessed.
+func TestBufferedPartialOverLimit(t *testing.T) {
+	var h *harness
+	pr, pw := io.Pipe()
+	script := func(s *srvStream) error {
+		for {
+			req, ok := s.recv()
+			if !ok {
+				return nil
+			}
+			if rb := req.GetRequestBody(); rb != nil {
+				s.send(replyWith(req, &extprocv3.CommonResponse{BodyMutation: bodyMut(strings.ToUpper(string(rb.GetBody())))}))
+				continue
+			}
+			s.send(continueReply(req))
+		}
+	}
+	h = newHarness(t, harnessOpts{
+		filter: withMode(baseFilter(), bodyModes(partial, none)),
+		script: script,
+		config: func(c *Config) { c.BufferLimit = 8 },
+	})
+	go func() {
+		// Write only after the headers reply was handled, so the body is not
+		// "complete before the headers reply" (§1.6).
+		h.waitEvent(func(e Event) bool { return e.Kind == EventRecv })
+		_, _ = io.WriteString(pw, "abcdefghijkl") // 12 bytes > limit 8
+		h.waitEvent(func(e Event) bool { return e.Kind == EventUpstreamRequest })
+		_, _ = io.WriteString(pw, "-tail")
+		_ = pw.Close()
+	}()
+	req := h.newRequest("POST", "/", "")
+	req.Body, req.ContentLength = pr, -1
+	if resp, _ := h.do(req); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if up := h.upstream(); up.body != "ABCDEFGHIJKL-tail" {
+		t.Errorf("upstream body %q", up.body)
+	}
+	want := []string{"request_headers eos=false", `request_body "abcdefghijkl" eos=false`, "response_headers eos=false"}
+	if got := describeAll(h.stream().messages()); !equalStrings(got, want) {
+		t.Fatalf("messages = %q, want %q", got, want)
+	}
+}
+
+// TestRequestTrailers: with trailers the last body chunk has eos=false, no
+// empty eos chunk is sent, and the trailers message follows the body replies
+// (§1.5, §1.6); a trailers reply mutates them.
+func TestRequestTrailers(t *testing.T) {
+	pr, pw := io.Pipe()
+	script := func(s *srvStream) error {
+		for {
+			req, ok := s.recv()
+			if !ok {
+				return nil
+			}
+			if req.GetRequestTrailers() != nil {
+				s.send(replyWith(req, &extprocv3.CommonResponse{HeaderMutation: setHeaders(setRaw("x-checksum", "verified"))}))
+				continue
+			}
+			s.send(continueReply(req))
+		}
+	}
+	f := withMode(baseFilter(), &extprocfilterv3.ProcessingMode{RequestBodyMode: stream, RequestTrailerMode: send})
+	h := newHarness(t, harnessOpts{filter: f, script: script})
+	req := h.newRequest("POST", "/", "")
+	req.Body, req.ContentLength = pr, -1
+	req.Trailer = http.Header{"X-Checksum": nil}
+	go func() {
+		_, _ = io.WriteString(pw, "payload")
+		req.Trailer.Set("X-Checksum", "abc123")
+		_ = pw.Close()
+	}()
+	if resp, _ := h.do(req); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	up := h.upstream()
+	if up.body != "payload" || up.trailer.Get("X-Checksum") != "verified" {
+		t.Errorf("upstream body %q trailer %v", up.body, up.trailer)
+	}
+	msgs := h.stream().messages()
+	want := []string{"request_headers eos=false", `request_body "payload" eos=false`, "request_trailers", "response_headers eos=false"}
+	if got := describeAll(msgs); !equalStrings(got, want) {
+		t.Fatalf("messages = %q, want %q", got, want)
+	}
+	if v, ok, _ := protoHeader(msgs[2].GetRequestTrailers().GetTrailers(), "x-checksum"); !ok || v != "abc123" {
+		t.Errorf("trailers sent %v", msgs[2].GetRequestTrailers())
+	}
+}
+
+// TestSendBodyWithoutWaiting: §2.10, STREAMED chunks go before the headers
+// reply; the server still answers headers first, then each chunk.
+func TestSendBodyWithoutWaiting(t *testing.T) {
+	script := func(s *srvStream) error {
+		hdr, ok := s.recv()
+		if !ok {
+			return nil
+		}
+		if !hdr.GetProtocolConfig().GetSendBodyWithoutWaitingForHeaderResponse() {
+			t.Error("protocol_config does not announce send_body_without_waiting_for_header_response")
+		}
+		// The body arrives although the headers are unanswered.
+		var bodies []*extprocv3.ProcessingRequest
+		for {
+			req, ok := s.recv()
+			if !ok {
+				return nil
+			}
+			bodies = append(bodies, req)
+			if req.GetRequestBody().GetEndOfStream() {
+				break
+			}
+		}
+		s.send(continueReply(hdr))
+		for _, b := range bodies {
+			s.send(continueReply(b))
+		}
+		return continueAll(s)
+	}
+	f := withMode(baseFilter(), bodyModes(stream, none))
+	f.SendBodyWithoutWaitingForHeaderResponse = true
+	h := newHarness(t, harnessOpts{filter: f, script: script})
+	resp, _ := h.do(h.newRequest("POST", "/", "early-body"))
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if up := h.upstream(); up.body != "early-body" {
+		t.Errorf("upstream body %q", up.body)
+	}
+	want := []string{"request_headers eos=false", `request_body "early-body" eos=false`, `request_body "" eos=true`, "response_headers eos=false"}
+	if got := describeAll(h.stream().messages()); !equalStrings(got, want) {
+		t.Fatalf("messages = %q, want %q", got, want)
+	}
+}
