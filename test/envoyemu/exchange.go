@@ -134,7 +134,7 @@ type exchange struct {
 	upStart   time.Time
 	upRespBdy io.Closer
 
-	reqTrailers    bool
+	reqTrailerKeys []string
 	decDead        bool // the request path ended (local reply)
 	pendingLocal   *localReply
 	localReplied   bool
@@ -207,7 +207,9 @@ func (x *exchange) begin() {
 	x.f = newFilter(x)
 	// Trailer keys announced by the client are read now: the body reader
 	// goroutine fills in their values later.
-	x.reqTrailers = len(x.r.Trailer) > 0
+	for k := range x.r.Trailer {
+		x.reqTrailerKeys = append(x.reqTrailerKeys, k)
+	}
 	hasBody := x.r.Body != nil && x.r.Body != http.NoBody && x.r.ContentLength != 0
 	if hasBody {
 		// An HTTP/1 downstream codec ends the body with an empty eos callback.
@@ -586,8 +588,14 @@ func (x *exchange) routerHeaders(h *headerMap, eos bool) {
 	if _, ok := req.Header["User-Agent"]; !ok {
 		req.Header["User-Agent"] = []string{""} // no Go default User-Agent
 	}
-	if x.reqTrailers {
+	if len(x.reqTrailerKeys) > 0 && x.upBody != nil {
+		// Go sends only trailers announced when the request starts; their
+		// values are filled in by the body pipe when it reaches EOF.
 		req.Trailer = http.Header{}
+		for _, k := range x.reqTrailerKeys {
+			req.Trailer[k] = nil
+		}
+		x.upBody.trailer = req.Trailer
 	}
 	x.upReq = req
 	x.upStart = time.Now()
@@ -614,13 +622,8 @@ func (x *exchange) routerTrailers(t *headerMap) {
 	if x.upBody == nil {
 		return
 	}
-	if x.upReq.Trailer != nil {
-		for _, e := range t.entries {
-			x.upReq.Trailer.Add(e.key, e.value)
-		}
-	}
 	x.record(Event{Kind: EventUpstreamData, Dir: Request, EOS: true, Detail: "trailers"})
-	x.upBody.closeWrite()
+	x.upBody.closeWithTrailers(t)
 }
 
 func (x *exchange) onUpstreamResponse(ev event) {
@@ -869,6 +872,11 @@ type bodyPipe struct {
 	chunks [][]byte
 	closed bool
 	err    error
+	// trailer is the request's Trailer map. It is written only by Read, on
+	// the transport's goroutine, just before EOF: that is when Go allows
+	// trailer values to change without racing the transport.
+	trailer  http.Header
+	trailers *headerMap
 }
 
 func newBodyPipe() *bodyPipe {
@@ -896,6 +904,14 @@ func (b *bodyPipe) closeWrite() {
 	b.cond.Broadcast()
 }
 
+func (b *bodyPipe) closeWithTrailers(t *headerMap) {
+	b.mu.Lock()
+	b.closed = true
+	b.trailers = t
+	b.mu.Unlock()
+	b.cond.Broadcast()
+}
+
 func (b *bodyPipe) abort(err error) {
 	b.mu.Lock()
 	if b.err == nil {
@@ -915,6 +931,12 @@ func (b *bodyPipe) Read(p []byte) (int, error) {
 		return 0, b.err
 	}
 	if len(b.chunks) == 0 {
+		if b.trailers != nil && b.trailer != nil {
+			for _, e := range b.trailers.entries {
+				b.trailer.Add(e.key, e.value)
+			}
+			b.trailers = nil
+		}
 		return 0, io.EOF
 	}
 	n := copy(p, b.chunks[0])
