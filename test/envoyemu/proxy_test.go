@@ -18,6 +18,7 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -1366,5 +1367,50 @@ func TestSendBodyWithoutWaiting(t *testing.T) {
 	want := []string{"request_headers eos=false", `request_body "early-body" eos=false`, `request_body "" eos=true`, "response_headers eos=false"}
 	if got := describeAll(h.stream().messages()); !equalStrings(got, want) {
 		t.Fatalf("messages = %q, want %q", got, want)
+	}
+}
+
+// TestPerRoute: ExtProcPerRoute disables the filter or overrides the
+// processing mode, failure_mode_allow and gRPC initial metadata (§1.4, §5).
+func TestPerRoute(t *testing.T) {
+	gotMD := make(chan metadata.MD, 4)
+	script := func(s *srvStream) error {
+		md, _ := metadata.FromIncomingContext(s.s.Context())
+		gotMD <- md
+		return continueAll(s)
+	}
+	f := baseFilter()
+	f.GrpcService = &corev3.GrpcService{
+		TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: "ext_proc"}},
+		InitialMetadata: []*corev3.HeaderValue{{Key: "x-filter", Value: "base"}, {Key: "x-route", Value: "default"}}}
+	perRoute := func(r *http.Request) *extprocfilterv3.ExtProcPerRoute {
+		switch r.URL.Path {
+		case "/healthz":
+			return &extprocfilterv3.ExtProcPerRoute{Override: &extprocfilterv3.ExtProcPerRoute_Disabled{Disabled: true}}
+		case "/v1/chat":
+			return &extprocfilterv3.ExtProcPerRoute{Override: &extprocfilterv3.ExtProcPerRoute_Overrides{Overrides: &extprocfilterv3.ExtProcOverrides{
+				ProcessingMode:      bodyModes(buffer, none),
+				GrpcInitialMetadata: []*corev3.HeaderValue{{Key: "x-route", Value: "chat"}},
+			}}}
+		}
+		return nil
+	}
+	h := newHarness(t, harnessOpts{filter: f, script: script, config: func(c *Config) { c.PerRoute = perRoute }})
+
+	if resp, body := h.do(h.newRequest("GET", "/healthz", "")); resp.StatusCode != 200 || body != "upstream-ok" {
+		t.Fatalf("healthz %d %q", resp.StatusCode, body)
+	}
+	if h.trace().Has(EventStreamOpen) {
+		t.Error("disabled route opened a stream")
+	}
+
+	h.do(h.newRequest("POST", "/v1/chat", "hi"))
+	want := []string{"request_headers eos=false", `request_body "hi" eos=true`, "response_headers eos=false"}
+	if got := describeAll(h.stream().messages()); !equalStrings(got, want) {
+		t.Errorf("messages = %q, want %q", got, want)
+	}
+	md := <-gotMD
+	if strings.Join(md.Get("x-filter"), ",") != "base" || strings.Join(md.Get("x-route"), ",") != "chat" {
+		t.Errorf("initial metadata %v, want x-filter=base and x-route merged to chat", md)
 	}
 }
