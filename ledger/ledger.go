@@ -309,16 +309,35 @@ func (l *Ledger) Reserve(ctx context.Context, req ReserveRequest) (Hold, error) 
 	now := l.now(req.Time)
 	deadline := now + req.TTL.Milliseconds()
 	k := l.keys(req.Account)
-	// Index the account for the sweeper before the hold exists, so a hold can
-	// never be left unindexed by a failure between the two writes (design:
-	// docs/ledger.md "Hold expiry").
-	if err := l.rdb.ZAddArgs(ctx, l.sweepKey(), redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: float64(deadline), Member: req.Account}}}).Err(); err != nil {
-		return Hold{}, classify(err)
+	// The sweep index entry and the hold travel in one pipeline: one round
+	// trip on the request path. Either order of the two writes is safe (see
+	// Sweep); what must not happen is a hold with no index entry, so a failed
+	// index write is retried on its own.
+	idx := redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: float64(deadline), Member: req.Account}}}
+	keys := []string{k.acct, k.journal, k.req(req.RequestID), k.holds}
+	args := []any{req.RequestID, int64(req.Estimate), deadline, now, req.Provider, req.Model}
+	pipe := l.rdb.Pipeline()
+	zadd := pipe.ZAddArgs(ctx, l.sweepKey(), idx)
+	eval := l.scripts["reserve"].EvalSha(ctx, pipe, keys, args...)
+	_, _ = pipe.Exec(ctx)
+	var res []any
+	var err error
+	if e := eval.Err(); e != nil && redis.HasErrorPrefix(e, "NOSCRIPT") {
+		res, err = l.run(ctx, "reserve", keys, args...)
+	} else if err = classify(e); err == nil {
+		res, err = eval.Slice()
+		err = classify(err)
 	}
-	res, err := l.run(ctx, "reserve", []string{k.acct, k.journal, k.req(req.RequestID), k.holds},
-		req.RequestID, int64(req.Estimate), deadline, now, req.Provider, req.Model)
 	if err != nil {
 		return Hold{}, err
+	}
+	if zadd.Err() != nil {
+		if err := l.rdb.ZAddArgs(ctx, l.sweepKey(), idx).Err(); err != nil {
+			// A hold the sweeper cannot see would leak if its request never
+			// settles: undo it and refuse, as for any Redis failure.
+			_, _ = l.Release(ctx, req.Account, req.RequestID, "hold could not be indexed for expiry")
+			return Hold{}, fmt.Errorf("%w: hold could not be indexed for expiry: %w", ErrUnavailable, err)
+		}
 	}
 	if str(res[0]) == "insufficient" {
 		return Hold{}, &InsufficientFundsError{Balance: mic(res[1]), Held: mic(res[2]), Available: mic(res[3]), Requested: req.Estimate}
