@@ -90,7 +90,7 @@ func clientKey(h headers) (key, header string) {
 var errUnknownPayer = errors.New("no account for this request")
 
 // resolve finds the paying account.
-func (id Identity) resolve(ctx context.Context, l Ledger, h headers, attrs map[string]string) (account, keyHeader string, err error) {
+func (id Identity) resolve(ctx context.Context, l Ledger, keys *keyCache, h headers, attrs map[string]string) (account, keyHeader string, err error) {
 	for _, src := range id.Sources {
 		switch src {
 		case "header":
@@ -108,7 +108,7 @@ func (id Identity) resolve(ctx context.Context, l Ledger, h headers, attrs map[s
 			if key == "" {
 				continue
 			}
-			a, err := l.AccountForKey(ctx, ledger.HashKey(key))
+			a, err := keys.lookup(ctx, l, ledger.HashKey(key))
 			if errors.Is(err, ledger.ErrNoKey) {
 				continue
 			}

@@ -57,6 +57,10 @@ type Options struct {
 	// HoldTTL bounds a request's hold; the sweeper frees it afterwards
 	// (default 10 minutes, longer than any sane LLM call).
 	HoldTTL time.Duration
+	// KeyCacheTTL keeps virtual-key lookups in memory (default 10s; a
+	// negative value disables the cache). A revoked key works for at most
+	// this long.
+	KeyCacheTTL time.Duration
 	// SettleTimeout bounds a settlement after the stream is gone (default 5s).
 	SettleTimeout time.Duration
 	// KeepAcceptEncoding leaves the client's accept-encoding alone. By
@@ -81,6 +85,7 @@ type Options struct {
 type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 	opt      Options
+	keys     *keyCache
 	settling sync.WaitGroup
 }
 
@@ -123,7 +128,10 @@ func NewServer(opt Options) (*Server, error) {
 	if opt.Observer == nil {
 		opt.Observer = NopObserver{}
 	}
-	return &Server{opt: opt}, nil
+	if opt.KeyCacheTTL == 0 {
+		opt.KeyCacheTTL = 10 * time.Second
+	}
+	return &Server{opt: opt, keys: newKeyCache(opt.KeyCacheTTL, opt.Clock)}, nil
 }
 
 // Process runs one ext_proc stream: one HTTP request through Envoy.

@@ -160,7 +160,7 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 	}
 	st.passthrough = rerr != nil && st.s.passthrough(host, path)
 
-	account, keyHeader, err := st.s.opt.Identity.resolve(st.ctx, st.s.opt.Ledger, hd, attrs)
+	account, keyHeader, err := st.s.opt.Identity.resolve(st.ctx, st.s.opt.Ledger, st.s.keys, hd, attrs)
 	switch {
 	case errors.Is(err, errUnknownPayer):
 		return st.refuse(401, "unknown_payer", "authentication_error",

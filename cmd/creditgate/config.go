@@ -58,6 +58,9 @@ type Config struct {
 	} `json:"ledger"`
 
 	Identity extproc.Identity `json:"identity"`
+	// KeyCacheTTL keeps virtual-key lookups in memory; a revoked key works
+	// for at most this long (0s disables the cache).
+	KeyCacheTTL Duration `json:"key_cache_ttl"`
 
 	Providers struct {
 		// Hosts adds host→provider entries (self-hosted or test upstreams).
@@ -93,6 +96,7 @@ func DefaultConfig() Config {
 	c.Ledger.SweepInterval = Duration{5 * time.Second}
 	c.Ledger.Retention = Duration{7 * 24 * time.Hour}
 	c.Identity.Sources = []string{"apikey"}
+	c.KeyCacheTTL = Duration{10 * time.Second}
 	c.Prices.ReloadInterval = Duration{10 * time.Second}
 	c.Log.Level = "info"
 	c.Log.Format = "json"
@@ -181,6 +185,9 @@ func (c Config) Validate() error {
 	pos("ledger.retention", c.Ledger.Retention)
 	pos("prices.reload_interval", c.Prices.ReloadInterval)
 	pos("shutdown_timeout", c.ShutdownTimeout)
+	if c.KeyCacheTTL.Duration < 0 {
+		errs = append(errs, fmt.Errorf("key_cache_ttl must not be negative, got %s", c.KeyCacheTTL.Duration))
+	}
 	if c.Ledger.Retention.Duration < c.Ledger.HoldTTL.Duration {
 		errs = append(errs, errors.New("ledger.retention must be at least ledger.hold_ttl, or late retries could not replay"))
 	}

@@ -30,23 +30,9 @@ import (
 )
 
 func runServe(ctx context.Context, e env, args []string) error {
-	fs := newFlagSet("serve", "run the ext_proc server, admin API, metrics and hold sweeper", e)
-	cfgPath := fs.String("config", e.getenv("CREDITGATE_CONFIG"), "YAML config file (env CREDITGATE_CONFIG)")
-	grpcAddr := fs.String("grpc-addr", "", "override grpc_addr")
-	adminAddr := fs.String("admin-addr", "", "override admin_addr")
-	redisURL := fs.String("redis-url", "", "override redis.url")
-	logLevel := fs.String("log-level", "", "override log.level")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	cfg, err := LoadConfig(*cfgPath, e.getenv)
+	cfg, err := serveConfig(e, args)
 	if err != nil {
 		return err
-	}
-	for dst, v := range map[*string]string{&cfg.GRPCAddr: *grpcAddr, &cfg.AdminAddr: *adminAddr, &cfg.Redis.URL: *redisURL, &cfg.Log.Level: *logLevel} {
-		if v != "" {
-			*dst = v
-		}
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
@@ -58,6 +44,34 @@ func runServe(ctx context.Context, e env, args []string) error {
 	}
 	defer rdb.Close()
 	return serve(ctx, cfg, log, rdb, nil)
+}
+
+// serveConfig parses serve's flags and returns the configuration they
+// select (file, then environment, then flags), not yet validated.
+func serveConfig(e env, args []string) (Config, error) {
+	fs := newFlagSet("serve", "run the ext_proc server, admin API, metrics and hold sweeper", e)
+	cfgPath := fs.String("config", e.getenv("CREDITGATE_CONFIG"), "YAML config file (env CREDITGATE_CONFIG)")
+	grpcAddr := fs.String("grpc-addr", "", "override grpc_addr")
+	adminAddr := fs.String("admin-addr", "", "override admin_addr")
+	redisURL := fs.String("redis-url", "", "override redis.url")
+	logLevel := fs.String("log-level", "", "override log.level")
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return Config{}, usageErr("serve: unexpected argument %q", fs.Arg(0))
+	}
+	cfg, err := LoadConfig(*cfgPath, e.getenv)
+	if err != nil {
+		return cfg, err
+	}
+	for dst, v := range map[*string]string{&cfg.GRPCAddr: *grpcAddr, &cfg.AdminAddr: *adminAddr, &cfg.Redis.URL: *redisURL, &cfg.Log.Level: *logLevel} {
+		if v != "" {
+			*dst = v
+		}
+	}
+	return cfg, nil
 }
 
 func newLogger(cfg Config, w io.Writer) *slog.Logger {
@@ -86,6 +100,9 @@ func newRedis(cfg Config) (redis.UniversalClient, error) {
 // serveHooks lets the demo and tests learn the bound addresses.
 type serveHooks struct {
 	ready func(grpcAddr, adminAddr string)
+	// draining runs at shutdown right after readiness and gRPC health
+	// flipped to NOT_SERVING, while both servers still answer.
+	draining func()
 }
 
 // serve wires config → ledger → pricing → servers and runs until ctx ends,
@@ -127,7 +144,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 		Ledger: led, Prices: prices, Identity: cfg.Identity,
 		Detector:    &provider.Detector{Hosts: cfg.Providers.Hosts},
 		Passthrough: cfg.Providers.Passthrough, HoldTTL: cfg.Ledger.HoldTTL.Duration,
-		Logger: log, Clock: clock, Observer: metrics,
+		Logger: log, Clock: clock, Observer: metrics, KeyCacheTTL: cfg.KeyCacheTTL.Duration,
+	}
+	if epOpt.KeyCacheTTL == 0 {
+		epOpt.KeyCacheTTL = -1 // 0s in the config means off
 	}
 	if sp != nil {
 		epOpt.Spool = sp
@@ -230,6 +250,9 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 	log.Info("shutting down: health NOT_SERVING, draining streams")
 	draining.Store(true)
 	hs.Shutdown()
+	if hooks != nil && hooks.draining != nil {
+		hooks.draining()
+	}
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {
