@@ -11,11 +11,13 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -66,12 +68,16 @@ type benchGateway struct {
 	metered, bypass string // base URLs of the two emulators
 	fake            *fakeprovider.Provider
 	obs             *countingObserver
+	redisCmds       atomic.Int64 // round trips to Redis, counted by a go-redis hook
 }
 
 func newBenchGateway(b *testing.B) *benchGateway {
 	b.Helper()
 	ctx := context.Background()
-	led, err := ledger.New(redistest.Client(b), ledger.Options{Prefix: redistest.Prefix(b)})
+	rdb := redistest.Client(b)
+	g := &benchGateway{ctx: ctx, obs: &countingObserver{outcomes: map[string]int64{}}}
+	rdb.AddHook(cmdCounter{&g.redisCmds})
+	led, err := ledger.New(rdb, ledger.Options{Prefix: redistest.Prefix(b)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -88,7 +94,6 @@ func newBenchGateway(b *testing.B) *benchGateway {
 		b.Fatal(err)
 	}
 
-	g := &benchGateway{ctx: ctx, obs: &countingObserver{outcomes: map[string]int64{}}}
 	ep, err := extproc.NewServer(extproc.Options{
 		Ledger: led, Prices: pricing.Default(), Observer: g.obs,
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -153,6 +158,7 @@ func newBenchGateway(b *testing.B) *benchGateway {
 func (g *benchGateway) measure(b *testing.B, base, body string, metered bool) {
 	before := g.obs.count("charged")
 	others := g.obs.total() - before
+	cmds := g.redisCmds.Load()
 	for i := 0; b.Loop(); i++ {
 		req, err := http.NewRequestWithContext(g.ctx, http.MethodPost, base+"/v1/chat/completions", bytes.NewReader([]byte(body)))
 		if err != nil {
@@ -186,6 +192,25 @@ func (g *benchGateway) measure(b *testing.B, base, body string, metered bool) {
 	}
 	if g.obs.total()-g.obs.count("charged") != others {
 		b.Fatalf("requests ended other than charged: %v", g.obs.snapshot())
+	}
+	b.ReportMetric(float64(g.redisCmds.Load()-cmds)/float64(b.N), "redis-rt/op")
+}
+
+type cmdCounter struct{ n *atomic.Int64 }
+
+func (cmdCounter) DialHook(next goredis.DialHook) goredis.DialHook { return next }
+
+func (c cmdCounter) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
+	return func(ctx context.Context, cmd goredis.Cmder) error {
+		c.n.Add(1)
+		return next(ctx, cmd)
+	}
+}
+
+func (c cmdCounter) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []goredis.Cmder) error {
+		c.n.Add(1) // one round trip for the whole pipeline
+		return next(ctx, cmds)
 	}
 }
 
