@@ -136,6 +136,13 @@ func NewServer(opt Options) (*Server, error) {
 
 // Process runs one ext_proc stream: one HTTP request through Envoy.
 func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
+	// Counted from the start, not from the settlement: grpc.Server.Stop does
+	// not wait for handlers, so a stream whose context was just cancelled may
+	// not have reached finish yet when Drain runs. Counting only inside
+	// finish let Drain return before such a settlement began (found by
+	// extproc tests: early end, trailers skipped).
+	s.settling.Add(1)
+	defer s.settling.Done()
 	st := newStream(s, srv.Context())
 	// Whatever ends the stream (normal end, client abort, Envoy reset,
 	// sidecar shutdown), a reserved request is settled: design-notes §4.5.
@@ -166,9 +173,9 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 	}
 }
 
-// Drain waits until settlements started by ended streams are done, or ctx
-// ends. Main calls it after the gRPC server stopped so no debit is lost on
-// shutdown.
+// Drain waits until every stream has returned, including the settlement
+// each one runs when it ends, or ctx ends. Main calls it after the gRPC
+// server stopped so no debit is lost on shutdown.
 func (s *Server) Drain(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { s.settling.Wait(); close(done) }()

@@ -118,10 +118,25 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processin
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
 		// Trailers end the response when they exist (envoy-extproc.md §1.5):
 		// the last body chunk then had eos=false.
+		// Trailers mean the upstream finished normally. A BUFFERED body came
+		// whole with eos=false and is priced from what was kept: settling it
+		// as a stream ignored the kept body and charged an estimate. Bytes a
+		// stream parser still holds cannot be sent any more (the body is
+		// gone); only an unterminated last event can be among them.
+		var md *structpb.Struct
 		if st.phase == phaseResponseBody && !st.settled {
-			st.settleStream(false)
+			if st.streaming {
+				st.settleStream(true)
+			} else {
+				st.settleBuffered()
+			}
+			st.phase = phaseDone
+			md = st.settledMetadata()
 		}
-		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}}, nil
+		return &extprocv3.ProcessingResponse{
+			Response:        &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}},
+			DynamicMetadata: md,
+		}, nil
 	default:
 		return nil, fmt.Errorf("unexpected message %T", r)
 	}
@@ -137,8 +152,12 @@ func (st *stream) refuse(code int, reason, errType, msg string, extra *mutation)
 		*m = *extra
 	}
 	// Stainless SDKs retry 408/409/429/5xx unless told not to; a refusal for
-	// money or identity must not be retried (providers.md §11).
-	m.setHeader("x-should-retry", "false")
+	// money or identity must not be retried (providers.md §11). A 503 (the
+	// ledger is unreachable) is transient: the SDKs' own retries are wanted
+	// there, as for Envoy's status_on_error 503, so it is not marked.
+	if code != 503 {
+		m.setHeader("x-should-retry", "false")
+	}
 	return immediate(code, ct, body, "creditgate_"+reason, m)
 }
 
@@ -197,6 +216,13 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 	if h.GetEndOfStream() {
 		// envoy-extproc.md §1.6: no body will follow.
 		return st.refuse(400, "bad_request", "invalid_request_error", "creditgate: the request has no body", nil)
+	}
+	if st.reqBodyMode == extprocfilterv3.ProcessingMode_NONE {
+		// protocol_config (§1.2) says no request body will come: the call
+		// would go upstream unmetered, with no reserve, and the response
+		// would pass as if unreserved. Refuse instead of waving it through.
+		return st.refuse(500, "bad_config", "api_error",
+			"creditgate: the ext_proc filter must send the request body BUFFERED", nil)
 	}
 	if !st.s.opt.KeepAcceptEncoding {
 		m.removeHeader("accept-encoding")
@@ -315,7 +341,11 @@ func (st *stream) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Process
 	if st.encoding == "identity" {
 		st.encoding = ""
 	}
-	st.streaming = strings.Contains(strings.ToLower(hd.get("content-type")), "text/event-stream")
+	// Gemini :streamGenerateContent without alt=sse streams one JSON array
+	// as application/json (providers.md §7): it is a stream too, parsed by
+	// the ArrayStream parser. Buffering it held every token back until the
+	// end and risked Envoy's buffer limit on long answers.
+	st.streaming = strings.Contains(strings.ToLower(hd.get("content-type")), "text/event-stream") || st.route.ArrayStream
 	if h.GetEndOfStream() {
 		// A 2xx with no body: nothing reported; settle on the estimate.
 		st.phase = phaseResponseBody
@@ -437,6 +467,9 @@ func (st *stream) settleStream(atEnd bool) []byte {
 		p := provider.NewStreamParser(st.route, st.req)
 		p.Feed(st.decoded())
 		res = p.Finish()
+		// Every compressed byte already went to the client unchanged; a
+		// decoded tail appended to it would corrupt the compressed stream.
+		res.Tail = nil
 	default:
 		res = st.parser.Finish()
 	}
@@ -512,8 +545,14 @@ func (st *stream) settle(res provider.Result, why string) *ledger.CaptureResult 
 	return &r
 }
 
-// markSettled ends this stream's hold in the sidecar's own accounting.
+// markSettled ends this stream's hold in the sidecar's own accounting. It
+// runs once: settle marks the hold before it may turn into a release (a
+// provider error with no usage), and release marks it too; decrementing
+// twice drove the held gauge negative.
 func (st *stream) markSettled() {
+	if st.settled {
+		return
+	}
 	st.settled = true
 	st.s.opt.Observer.Holding(-int64(st.hold.Amount))
 }
@@ -579,8 +618,6 @@ func (st *stream) finish() {
 	if !st.reserved || st.settled {
 		return
 	}
-	st.s.settling.Add(1)
-	defer st.s.settling.Done()
 	switch {
 	case st.status == 0:
 		// No response seen: the upstream may have run the prompt. Charge the
