@@ -51,6 +51,16 @@ func usageErr(format string, a ...any) error {
 	return &exitError{code: 2, err: fmt.Errorf(format, a...)}
 }
 
+// parseFlags is fs.Parse with a bad flag or value made a usage error
+// (exit 2); flag.ErrHelp passes through for Run.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		return &exitError{code: 2, err: fmt.Errorf("%s: %w", fs.Name(), err)}
+	}
+	return err
+}
+
 // env is what a command needs from its process.
 type env struct {
 	stdout, stderr io.Writer
@@ -74,6 +84,9 @@ func commands() []command {
 		{"audit", "recompute every account from its journal; exit 1 on any difference", runAudit},
 		{"keys", "create or revoke virtual API keys (admin API)", runKeys},
 		{"prices", "check a price catalog or import one from LiteLLM", runPrices},
+		{"seed", "idempotently create an account, bind a key and top it up (demo / one-shot jobs)", runSeed},
+		{"healthcheck", "exit 0 if a URL answers 200 (container health checks)", runHealthcheck},
+		{"dev-provider", "run the fake LLM provider used by the demos (no real API is called)", runDevProvider},
 		{"version", "print the version", runVersion},
 	}
 }
@@ -90,7 +103,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
-			return c.run(ctx, e, args[1:])
+			err := c.run(ctx, e, args[1:])
+			if errors.Is(err, flag.ErrHelp) {
+				return nil // --help got the usage it asked for
+			}
+			return err
 		}
 	}
 	printUsage(stderr)
@@ -101,7 +118,7 @@ func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "usage: creditgate <command> [flags]   (creditgate <command> --help for its flags)")
 	fmt.Fprintln(w)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
 }
 
@@ -110,7 +127,7 @@ var version = "dev"
 
 func runVersion(_ context.Context, e env, args []string) error {
 	fs := newFlagSet("version", "print the version", e)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	fmt.Fprintln(e.stdout, "creditgate", version)
