@@ -56,25 +56,49 @@ func (a adminFlags) output(e env, v any, human func(w io.Writer)) error {
 }
 
 // parseArgs parses flags that may come before or after positional
-// arguments ("topup acct_1 10 --payment-id p1").
+// arguments ("topup acct_1 10 --payment-id p1"). A negative number is an
+// argument, not a flag ("adjust acct_1 -1.50 --id a1 --reason ..."), unless
+// it is the value of a flag that takes one.
 func parseArgs(fs *flag.FlagSet, args []string, want int, names string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
+	var flagArgs, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			pos = append(pos, args[i+1:]...)
+			i = len(args)
+		case negativeNumber(a) || !strings.HasPrefix(a, "-") || a == "-":
+			pos = append(pos, a)
+		default:
+			flagArgs = append(flagArgs, a)
+			name := strings.TrimLeft(a, "-")
+			if strings.Contains(name, "=") {
+				continue
+			}
+			if f := fs.Lookup(name); f != nil && !isBoolFlag(f) && i+1 < len(args) {
+				i++
+				flagArgs = append(flagArgs, args[i])
+			}
 		}
-		args = fs.Args()
-		if len(args) == 0 {
-			break
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
+	}
+	if err := parseFlags(fs, flagArgs); err != nil {
+		return nil, err
 	}
 	if want >= 0 && len(pos) != want {
 		fs.Usage()
 		return nil, usageErr("%s: want %d argument(s): %s", fs.Name(), want, names)
 	}
 	return pos, nil
+}
+
+func negativeNumber(s string) bool {
+	s = strings.TrimPrefix(strings.TrimPrefix(s, "-"), "$")
+	return len(s) > 0 && (s[0] >= '0' && s[0] <= '9' || s[0] == '.')
+}
+
+func isBoolFlag(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
 }
 
 func amountArg(s string) (money.Micros, error) {

@@ -13,6 +13,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/creditgate/creditgate/extproc"
+	"github.com/creditgate/creditgate/extproc/provider"
 	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/money"
 )
@@ -134,7 +135,10 @@ func LoadConfig(path string, getenv func(string) string) (Config, error) {
 	str("CREDITGATE_SPOOL_PATH", &c.Ledger.SpoolPath)
 	str("CREDITGATE_LOG_FORMAT", &c.Log.Format)
 	if v := getenv("CREDITGATE_IDENTITY_SOURCES"); v != "" {
-		c.Identity.Sources = strings.Split(v, ",")
+		c.Identity.Sources = nil
+		for _, src := range strings.Split(v, ",") {
+			c.Identity.Sources = append(c.Identity.Sources, strings.TrimSpace(src))
+		}
 	}
 	if v := getenv("CREDITGATE_FEE_BASIS_POINTS"); v != "" {
 		n, err := strconv.ParseInt(v, 10, 64)
@@ -193,6 +197,10 @@ func (c Config) Validate() error {
 	}
 	if err := c.Identity.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	// extproc.NewServer checks this too, but only after the rest passed.
+	if err := (&provider.Detector{Hosts: c.Providers.Hosts}).Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("providers.hosts: %w", err))
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -55,7 +55,7 @@ func serveConfig(e env, args []string) (Config, error) {
 	adminAddr := fs.String("admin-addr", "", "override admin_addr")
 	redisURL := fs.String("redis-url", "", "override redis.url")
 	logLevel := fs.String("log-level", "", "override log.level")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return Config{}, err
 	}
 	if fs.NArg() > 0 {
