@@ -389,18 +389,7 @@ func checkMoney(t *testing.T, e *env, c processCase) {
 	if !reflect.DeepEqual(types, want) {
 		t.Errorf("journal %v, want %v", types, want)
 	}
-	for _, en := range es {
-		switch {
-		case en.Type == "capture" && w.Capture != nil:
-			want := expectedAmount(t, e, c, en)
-			if en.Amount != want || en.Estimated != w.Capture.Estimated || (w.Capture.Model != "" && en.Model != w.Capture.Model) {
-				t.Errorf("capture %s estimated=%v model=%q, want %s estimated=%v model=%q",
-					en.Amount, en.Estimated, en.Model, want, w.Capture.Estimated, w.Capture.Model)
-			}
-		case en.Type == "release" && !strings.Contains(en.Reason, w.ReleaseReason):
-			t.Errorf("release reason %q, want it to contain %q", en.Reason, w.ReleaseReason)
-		}
-	}
+	checkEntries(t, e, c, es)
 	if got := e.obs.held(); got != 0 {
 		t.Errorf("the sidecar's held gauge ended at %d µUSD, want 0", got)
 	}
@@ -442,8 +431,33 @@ func checkMoney(t *testing.T, e *env, c processCase) {
 		if b := e.balance(); b.Held != 0 {
 			t.Errorf("held %s after replaying the spool", b.Held)
 		}
+		after := e.requestEntries()
+		if len(after) != len(es)+len(w.Spooled) {
+			t.Errorf("journal after replay %v", entryTypes(after))
+		}
+		checkEntries(t, e, c, after)
 	}
 	e.audit()
+}
+
+// checkEntries checks the capture and release entries against the case.
+func checkEntries(t *testing.T, e *env, c processCase, es []ledger.Entry) {
+	t.Helper()
+	w := c.Want
+	for _, en := range es {
+		switch {
+		case en.Type == "capture" && w.Capture == nil:
+			t.Errorf("unexpected capture %+v", en)
+		case en.Type == "capture":
+			want := expectedAmount(t, e, c, en)
+			if en.Amount != want || en.Estimated != w.Capture.Estimated || (w.Capture.Model != "" && en.Model != w.Capture.Model) {
+				t.Errorf("capture %s estimated=%v model=%q, want %s estimated=%v model=%q",
+					en.Amount, en.Estimated, en.Model, want, w.Capture.Estimated, w.Capture.Model)
+			}
+		case en.Type == "release" && (w.ReleaseReason == "" || !strings.Contains(en.Reason, w.ReleaseReason)):
+			t.Errorf("release reason %q, want it to contain %q", en.Reason, w.ReleaseReason)
+		}
+	}
 }
 
 func expectedAmount(t *testing.T, e *env, c processCase, en ledger.Entry) money.Micros {
