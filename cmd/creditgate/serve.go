@@ -184,22 +184,30 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 	mux := http.NewServeMux()
 	mux.Handle("/v1/", adminHandler)
 	mux.Handle("GET /metrics", metrics.handler(reg))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	// Both endpoints fail while the ledger path fails (a sidecar that cannot
+	// reach Redis refuses paid traffic, so it should get none) and flip to
+	// 503 on SIGTERM before draining. /readyz also names the catalog version.
+	ledgerOK := func(r *http.Request) error {
 		if draining.Load() {
-			http.Error(w, "draining", http.StatusServiceUnavailable)
+			return errors.New("draining")
+		}
+		pctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if err := led.Ping(pctx); err != nil {
+			return fmt.Errorf("ledger unavailable: %w", err)
+		}
+		return nil
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ledgerOK(r); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if draining.Load() {
-			http.Error(w, "draining", http.StatusServiceUnavailable)
-			return
-		}
-		pctx, cancel := context.WithTimeout(r.Context(), time.Second)
-		defer cancel()
-		if err := led.Ping(pctx); err != nil {
-			http.Error(w, "ledger unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		if err := ledgerOK(r); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintf(w, "ok catalog=%s\n", prices.Version())
@@ -210,7 +218,33 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 	defer stopBG()
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
-	wg.Add(5)
+	wg.Add(6)
+	go func() {
+		// gRPC health follows the ledger path too, so Envoy's active health
+		// checks on the creditgate cluster skip a sidecar that lost Redis.
+		defer wg.Done()
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-bg.Done():
+				return
+			case <-t.C:
+			}
+			pctx, cancel := context.WithTimeout(bg, time.Second)
+			err := led.Ping(pctx)
+			cancel()
+			if draining.Load() {
+				continue
+			}
+			st := healthpb.HealthCheckResponse_SERVING
+			if err != nil {
+				st = healthpb.HealthCheckResponse_NOT_SERVING
+			}
+			hs.SetServingStatus("", st)
+			hs.SetServingStatus(extprocv3.ExternalProcessor_ServiceDesc.ServiceName, st)
+		}
+	}()
 	go func() {
 		defer wg.Done()
 		if sp == nil {
