@@ -43,8 +43,6 @@ type envConfig struct {
 	Passthrough []string
 	// Spool gives the server a real spool in a temp dir.
 	Spool bool
-	// NoAccount skips creating testAccount (the "account missing" case).
-	NoAccount bool
 	// Funds is testAccount's top-up (default $1).
 	Funds money.Micros
 }
@@ -111,20 +109,18 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	t.Cleanup(func() { e.conn.Close() })
 	e.client = extprocv3.NewExternalProcessorClient(e.conn)
 
-	if !cfg.NoAccount {
-		if _, err := led.CreateAccount(ctx, testAccount); err != nil {
-			t.Fatal(err)
-		}
-		funds := cfg.Funds
-		if funds == 0 {
-			funds = 1_000_000
-		}
-		if _, err := led.TopUp(ctx, ledger.TopUpRequest{Account: testAccount, PaymentID: "pay-1", Amount: funds, Time: time.Now()}); err != nil {
-			t.Fatal(err)
-		}
-		if err := led.CreateAPIKey(ctx, testAccount, ledger.HashKey(virtualKey)); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := led.CreateAccount(ctx, testAccount); err != nil {
+		t.Fatal(err)
+	}
+	funds := cfg.Funds
+	if funds == 0 {
+		funds = 1_000_000
+	}
+	if _, err := led.TopUp(ctx, ledger.TopUpRequest{Account: testAccount, PaymentID: "pay-1", Amount: funds, Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := led.CreateAPIKey(ctx, testAccount, ledger.HashKey(virtualKey)); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -165,9 +161,6 @@ func (e *env) requestEntries() []ledger.Entry {
 	after := ""
 	for {
 		page, next, err := e.led.Journal(e.ctx, testAccount, after, 1000)
-		if errors.Is(err, ledger.ErrNoAccount) {
-			return nil
-		}
 		if err != nil {
 			e.t.Fatal(err)
 		}

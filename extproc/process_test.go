@@ -50,9 +50,8 @@ type processCase struct {
 		Passthrough  []string          `json:"passthrough"`
 		Spool        bool              `json:"spool"`
 	} `json:"server"`
-	NoAccount bool         `json:"no_account"`
-	Funds     money.Micros `json:"funds"`
-	Faults    struct {
+	Funds  money.Micros `json:"funds"`
+	Faults struct {
 		Reserve string `json:"reserve"`
 		Capture string `json:"capture"`
 		Release string `json:"release"`
@@ -139,7 +138,7 @@ func runProcessCase(t *testing.T, file string) {
 	e := newEnv(t, envConfig{
 		Identity: extproc.Identity{Sources: c.Server.Sources, Header: c.Server.Header,
 			Principals: c.Server.Principals, ProviderKeys: c.Server.ProviderKeys},
-		Passthrough: c.Server.Passthrough, Spool: c.Server.Spool, NoAccount: c.NoAccount, Funds: c.Funds,
+		Passthrough: c.Server.Passthrough, Spool: c.Server.Spool, Funds: c.Funds,
 	})
 	e.faults.inject(fault(t, c.Faults.Reserve), fault(t, c.Faults.Capture), fault(t, c.Faults.Release))
 
@@ -412,9 +411,6 @@ func checkMoney(t *testing.T, e *env, c processCase) {
 	sort.Strings(spooled)
 	if fmt.Sprint(spooled) != fmt.Sprint(w.Spooled) {
 		t.Errorf("spooled %v, want %v", spooled, w.Spooled)
-	}
-	if c.NoAccount {
-		return
 	}
 	held := e.balance().Held
 	if w.HoldOpen != (held != 0) {
