@@ -333,8 +333,8 @@ func TestEmuPassthrough(t *testing.T) {
 // TestEmuPassthroughKeySwap: with a real key configured, a passthrough
 // request must not carry the virtual key to the provider either.
 func TestEmuPassthroughKeySwap(t *testing.T) {
-	t.Skip("FINDING (not fixed): a passthrough route is unknown to provider.Detector, so st.route.Provider is empty and " +
-		"ProviderKeys is never applied: the virtual key goes to the provider. Needs a host→provider lookup exported by extproc/provider.")
+	// Regression: the passthrough route once had no provider, so the real key
+	// was never swapped in and the virtual key reached the provider.
 	m := newEmu(t, emuConfig{envConfig: envConfig{Passthrough: []string{"/v1/models"},
 		Identity: extproc.Identity{Sources: []string{"apikey"}, ProviderKeys: map[string]string{"openai": realKey}}}})
 	m.serve(jsonAnswer([]byte(`{"object":"list","data":[]}`)))

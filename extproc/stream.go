@@ -170,7 +170,9 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 	st.route.Dialect = provider.DialectOpenAI
 
 	route, rerr := st.s.opt.Detector.DetectRequest(method, authority, path)
-	if rerr == nil {
+	if route.Provider != "" {
+		// Also on an unmetered path of a known host: the provider decides
+		// the error shape and which real key a passthrough request carries.
 		st.route = route
 	}
 	host := strings.ToLower(authority)

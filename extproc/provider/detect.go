@@ -127,9 +127,23 @@ func (d *Detector) Detect(authority, path string) (Route, error) {
 	p, query, _ := strings.Cut(path, "?")
 	r, ok := matchPath(prov, p, query)
 	if !ok {
-		return Route{}, fmt.Errorf("%w: %s %s", ErrUnknownPath, host, p)
+		// The provider is still known: callers need it to answer in the
+		// provider's error shape and to swap keys on passthrough routes.
+		return hostOnly(prov), fmt.Errorf("%w: %s %s", ErrUnknownPath, host, p)
 	}
 	return r, nil
+}
+
+// hostOnly is the Route of a known provider host whose path is not metered:
+// Provider and Dialect set, no Kind.
+func hostOnly(prov string) Route {
+	switch prov {
+	case ProviderAnthropic:
+		return Route{Provider: prov, Dialect: DialectAnthropic}
+	case ProviderGemini:
+		return Route{Provider: prov, Dialect: DialectGemini}
+	}
+	return Route{Provider: prov, Dialect: DialectOpenAI}
 }
 
 // DetectRequest is Detect plus the method: every metered API is a POST, so
@@ -141,7 +155,7 @@ func (d *Detector) DetectRequest(method, authority, path string) (Route, error) 
 		return r, err
 	}
 	if !strings.EqualFold(method, "POST") {
-		return Route{}, fmt.Errorf("%w: method %s", ErrUnknownPath, method)
+		return hostOnly(r.Provider), fmt.Errorf("%w: method %s", ErrUnknownPath, method)
 	}
 	return r, nil
 }
