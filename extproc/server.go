@@ -170,6 +170,7 @@ func (s *Server) Process(srv extprocv3.ExternalProcessor_ProcessServer) error {
 			}
 			return err
 		}
+		st.sent(resp)
 	}
 }
 

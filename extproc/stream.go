@@ -57,6 +57,7 @@ type stream struct {
 	reqBody   []byte
 
 	reserved       bool
+	forwarded      bool // the request-body reply that lets the request go upstream was sent
 	hold           ledger.Hold
 	settled        bool
 	captured       *ledger.CaptureResult
@@ -289,6 +290,12 @@ func (st *stream) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResp
 	case err != nil:
 		st.log.Error("reserve failed", "err", err)
 		st.s.opt.Observer.LedgerError("reserve")
+		// The outcome is unknown: the hold may have landed before the error.
+		// The request is refused, so release it when Redis is back instead
+		// of blocking the funds until the hold expires (a release of a hold
+		// that never landed replays as a no-op).
+		st.spool(spool.Settlement{Release: &spool.Release{Account: st.account, RequestID: st.requestID,
+			Reason: "refused: reserve outcome unknown"}}, err)
 		return st.refuse(503, "ledger_unavailable", "api_error", "creditgate: the credit ledger is unavailable; try again later", nil)
 	}
 	st.reserved, st.hold = true, hold
@@ -613,6 +620,13 @@ func (st *stream) metadata(outcome string, cost money.Micros, estimated bool) *s
 	return metadata(f)
 }
 
+// sent records a reply that reached Envoy.
+func (st *stream) sent(resp *extprocv3.ProcessingResponse) {
+	if resp.GetRequestBody() != nil && st.reserved {
+		st.forwarded = true
+	}
+}
+
 // finish runs when the stream ends for any reason. A request that reserved
 // but did not settle (client abort, reset, shutdown, trailers never seen) is
 // settled now on the best knowledge and flagged estimated (design-notes §4.5).
@@ -621,6 +635,10 @@ func (st *stream) finish() {
 		return
 	}
 	switch {
+	case st.status == 0 && !st.forwarded:
+		// Our request-body reply never reached Envoy, so the request never
+		// went upstream (e.g. Envoy gave up waiting for the reserve).
+		st.release("ended before the request went upstream")
 	case st.status == 0:
 		// No response seen: the upstream may have run the prompt. Charge the
 		// prompt estimate, flagged.

@@ -139,6 +139,10 @@ func (s *Spool) Replay(ctx context.Context, l Ledger, onPermanent func(Settlemen
 		switch {
 		case err == nil:
 			applied++
+		case st.Release != nil && errors.Is(err, ledger.ErrNoHold):
+			// A release spooled after a reserve whose outcome was unknown:
+			// the hold never landed, so there is nothing to release.
+			applied++
 		case errors.Is(err, ledger.ErrUnavailable):
 			keep = append(keep, st)
 			lastErr = err

@@ -88,3 +88,36 @@ func TestSpoolSurvivesOutage(t *testing.T) {
 		t.Fatalf("second capture moved money: %+v", b2)
 	}
 }
+
+// TestSpooledReleaseOfAHoldThatNeverLanded: after a reserve whose outcome
+// was unknown, a release is spooled; if the hold never landed, replaying it
+// is a no-op that leaves the spool, not a permanent error.
+func TestSpooledReleaseOfAHoldThatNeverLanded(t *testing.T) {
+	ctx := context.Background()
+	l, err := ledger.New(redistest.Client(t), ledger.Options{Prefix: redistest.Prefix(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.CreateAccount(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	sp, err := spool.Open(filepath.Join(t.TempDir(), "spool.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sp.Add(spool.Settlement{Release: &spool.Release{Account: "a", RequestID: "never-reserved", Reason: "x"}}); err != nil {
+		t.Fatal(err)
+	}
+	permanent := 0
+	n, err := sp.Replay(ctx, l, func(spool.Settlement, error) { permanent++ })
+	if n != 1 || err != nil || permanent != 0 || sp.Len() != 0 {
+		t.Fatalf("replay: applied %d, err %v, permanent %d, left %d", n, err, permanent, sp.Len())
+	}
+	// A capture of a request that was never reserved is a real problem.
+	if err := sp.Add(spool.Settlement{Capture: &ledger.CaptureRequest{Account: "a", RequestID: "never-reserved", Cost: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := sp.Replay(ctx, l, func(spool.Settlement, error) { permanent++ }); n != 0 || permanent != 1 || sp.Len() != 0 {
+		t.Fatalf("capture replay: applied %d, permanent %d, left %d", n, permanent, sp.Len())
+	}
+}
