@@ -57,7 +57,8 @@ type stream struct {
 	reqBody   []byte
 
 	reserved       bool
-	forwarded      bool // the request-body reply that lets the request go upstream was sent
+	forwarded      bool   // the request-body reply that lets the request go upstream was sent
+	answered       string // the model that answered, once known
 	hold           ledger.Hold
 	settled        bool
 	captured       *ledger.CaptureResult
@@ -550,6 +551,7 @@ func (st *stream) settle(res provider.Result, why string) *ledger.CaptureResult 
 	st.log.Info("charged", "cost", cost.String(), "debited", r.Debited.String(), "balance", r.Balance.String(),
 		"estimated", estimated, "why", why, "answered_model", res.Model, "price_row", row.ID)
 	st.captured = &r
+	st.answered = res.Model
 	st.usageEstimated = estimated
 	return &r
 }
@@ -611,13 +613,21 @@ func (st *stream) settledMetadata() *structpb.Struct {
 
 func (st *stream) metadata(outcome string, cost money.Micros, estimated bool) *structpb.Struct {
 	f := map[string]any{
-		"account": st.account, "request_id": st.requestID, "provider": st.route.Provider, "model": st.req.Model,
+		"account": st.account, "request_id": st.requestID, "provider": st.route.Provider, "model": st.answeredModel(),
 		"outcome": outcome, "cost_usd": cost.String(), "estimated": estimated,
 	}
 	if st.captured != nil {
 		f["balance_usd"] = st.captured.Balance.String()
 	}
 	return metadata(f)
+}
+
+// answeredModel is the model that answered, else the requested one.
+func (st *stream) answeredModel() string {
+	if st.answered != "" {
+		return st.answered
+	}
+	return st.req.Model
 }
 
 // sent records a reply that reached Envoy.
