@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/creditgate/creditgate/ledger"
@@ -83,7 +84,34 @@ func clientKey(h headers) (key, header string) {
 		}
 		return v, name
 	}
+	// Gemini also accepts the key as ?key= (go-genai uses the header; curl
+	// examples and older clients use the query).
+	if _, q, ok := strings.Cut(h.get(":path"), "?"); ok {
+		if vals, err := url.ParseQuery(q); err == nil && vals.Get("key") != "" {
+			return vals.Get("key"), queryKey
+		}
+	}
 	return "", ""
+}
+
+// queryKey marks a key that came in the :path query (?key=).
+const queryKey = "?key"
+
+// withoutQueryKey drops the key parameter from a path, keeping the rest.
+func withoutQueryKey(path string) string {
+	p, q, ok := strings.Cut(path, "?")
+	if !ok {
+		return path
+	}
+	vals, err := url.ParseQuery(q)
+	if err != nil {
+		return p
+	}
+	vals.Del("key")
+	if len(vals) == 0 {
+		return p
+	}
+	return p + "?" + vals.Encode()
 }
 
 // errUnknownPayer: no source named an account.

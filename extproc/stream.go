@@ -200,7 +200,12 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 	m.removeHeader(st.s.opt.Identity.header())
 	if keyHeader != "" {
 		if real, ok := st.s.opt.Identity.ProviderKeys[st.route.Provider]; ok && real != "" {
-			m.removeHeader(keyHeader)
+			if keyHeader == queryKey {
+				// envoy-extproc.md §2.3: :path may be set by a headers reply.
+				m.setHeader(":path", withoutQueryKey(path))
+			} else {
+				m.removeHeader(keyHeader)
+			}
 			setProviderKey(m, st.route.Provider, real)
 		}
 	}
@@ -215,7 +220,8 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 	}
 	if rerr != nil {
 		return st.refuse(404, "unknown_route", "not_found_error",
-			fmt.Sprintf("creditgate: %s %s%s is not a metered LLM API and is not on the passthrough list", method, host, path), nil)
+			// The query is left out: Gemini clients may carry their key in it.
+			fmt.Sprintf("creditgate: %s %s%s is not a metered LLM API and is not on the passthrough list", method, host, pathOnly(path)), nil)
 	}
 	if h.GetEndOfStream() {
 		// envoy-extproc.md §1.6: no body will follow.
@@ -233,6 +239,11 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 	}
 	st.phase = phaseRequestBody
 	return requestHeadersReply(m, nil)
+}
+
+func pathOnly(p string) string {
+	p, _, _ = strings.Cut(p, "?")
+	return p
 }
 
 // setProviderKey writes the real provider key where that provider expects it.

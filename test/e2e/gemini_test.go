@@ -86,3 +86,22 @@ func TestInsufficientCreditIs402InGeminiShape(t *testing.T) {
 		t.Fatalf("gemini 402: %d %s", resp.StatusCode, out)
 	}
 }
+
+// Gemini clients may send the key as ?key=; it identifies the payer too.
+func TestGeminiQueryKey(t *testing.T) {
+	h := newHarness(t)
+	h.topUp("pay-1", "1")
+	body := `{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"generationConfig":{"maxOutputTokens":4}}`
+	resp, err := http.Post(h.base["gemini"]+"/v1beta/models/gemini-2.5-flash:generateContent?key="+demoKey, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, out)
+	}
+	if c := h.entries("capture"); len(c) != 1 || c[0].Provider != "gemini" {
+		t.Fatalf("captures %+v", c)
+	}
+}
