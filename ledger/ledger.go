@@ -222,6 +222,15 @@ func classify(err error) error {
 			return fmt.Errorf("%w: %s", typed, strings.TrimSpace(rest))
 		}
 	}
+	// Replies that mean "this Redis cannot serve right now" (loading after a
+	// restart, a replica during failover, a cluster re-sharding, out of
+	// connections) are outages, not answers: the outcome is unknown and a
+	// retry with the same id is safe. Callers spool on ErrUnavailable.
+	if redis.IsLoadingError(err) || redis.IsReadOnlyError(err) || redis.IsClusterDownError(err) ||
+		redis.IsTryAgainError(err) || redis.IsMasterDownError(err) || redis.IsMaxClientsError(err) ||
+		redis.IsNoReplicasError(err) || redis.HasErrorPrefix(err, "BUSY") {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) {
 		return fmt.Errorf("ledger: redis error: %w", err)
