@@ -213,6 +213,8 @@ func TestEmuKeySwap(t *testing.T) {
 			"anthropic_request.json", "anthropic_response.json", "X-Api-Key", realKey},
 		{"gemini x-goog-api-key", "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-flash:generateContent", "X-Goog-Api-Key", virtualKey,
 			"gemini_request.json", "gemini_response.json", "X-Goog-Api-Key", realKey},
+		{"gemini ?key= query", "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.5-flash:generateContent?key=" + virtualKey, "", "",
+			"gemini_request.json", "gemini_response.json", "X-Goog-Api-Key", realKey},
 		{"azure api-key", "myres.openai.azure.com", "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21", "Api-Key", virtualKey,
 			"openai_chat_request.json", "openai_chat_response.json", "Api-Key", realKey},
 	}
@@ -222,8 +224,11 @@ func TestEmuKeySwap(t *testing.T) {
 			m := newEmu(t, emuConfig{envConfig: envConfig{Identity: extproc.Identity{Sources: []string{"apikey"},
 				ProviderKeys: map[string]string{"openai": realKey, "anthropic": realKey, "gemini": realKey, "azure": realKey}}}})
 			m.serve(jsonAnswer(readBody(t, c.respBody)))
-			resp, body := m.do(m.ctx, "POST", c.host, c.path,
-				http.Header{c.keyHeader: {c.keyValue}, "Content-Type": {"application/json"}}, readBody(t, c.reqBody))
+			hdr := http.Header{"Content-Type": {"application/json"}}
+			if c.keyHeader != "" {
+				hdr.Set(c.keyHeader, c.keyValue)
+			}
+			resp, body := m.do(m.ctx, "POST", c.host, c.path, hdr, readBody(t, c.reqBody))
 			if resp.StatusCode != 200 {
 				t.Fatalf("status %d: %s", resp.StatusCode, body)
 			}
@@ -240,6 +245,9 @@ func TestEmuKeySwap(t *testing.T) {
 						t.Errorf("the virtual key reached the provider in %s", k)
 					}
 				}
+			}
+			if strings.Contains(up[0].Path, virtualKey) {
+				t.Errorf("the virtual key reached the provider in the path %s", up[0].Path)
 			}
 			if resp.Header.Get("X-Creditgate-Cost") == "" {
 				t.Errorf("no cost header on a metered call")

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -123,8 +124,16 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		// Every scripted and emulator case doubles as a check that the
+		// sidecar never logs a key or an authorization header.
+		logs := e.logs.String()
+		for _, secret := range []string{virtualKey, realKey, "Bearer ", "key=" + virtualKey} {
+			if strings.Contains(logs, secret) {
+				t.Errorf("sidecar log contains a secret (%.6s...)", secret)
+			}
+		}
 		if t.Failed() {
-			t.Logf("sidecar log:\n%s", e.logs.String())
+			t.Logf("sidecar log:\n%s", logs)
 		}
 	})
 	return e

@@ -211,7 +211,7 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 	}
 
 	if st.passthrough {
-		st.log.Debug("passthrough", "path", path)
+		st.log.Debug("passthrough", "path", pathOnly(path)) // the query may hold a key
 		st.phase = phaseDone
 		// Nothing more to see: skip bodies and response headers.
 		mode := modeOverride(extprocfilterv3.ProcessingMode_NONE, extprocfilterv3.ProcessingMode_NONE)
@@ -514,7 +514,8 @@ func (st *stream) settle(res provider.Result, why string) *ledger.CaptureResult 
 	}
 	st.markSettled()
 	if res.Err != nil && !res.HaveUsage && res.OutputBytes == 0 {
-		st.log.Info("provider reported an error and no usage; releasing", "provider_error", res.Err.Error())
+		// Type and code only: provider messages can echo (masked) keys.
+		st.log.Info("provider reported an error and no usage; releasing", "provider_error_type", res.Err.Type, "provider_error_code", res.Err.Code)
 		st.release("provider error: " + res.Err.Type)
 		return nil
 	}
