@@ -52,7 +52,11 @@ type Config struct {
 		FeeMin         money.Micros `json:"fee_min"`
 		HoldTTL        Duration     `json:"hold_ttl"`
 		SweepInterval  Duration     `json:"sweep_interval"`
-		Retention      Duration     `json:"retention"`
+		// SweepLease is how long a sweeper claims an account; an idle
+		// account is revisited once per lease, so a hold expires at most
+		// sweep_interval + sweep_lease after its TTL.
+		SweepLease Duration `json:"sweep_lease"`
+		Retention  Duration `json:"retention"`
 		// SpoolPath keeps settlements that could not reach Redis until they
 		// replay (env CREDITGATE_SPOOL_PATH); empty disables the spool.
 		SpoolPath string `json:"spool_path"`
@@ -95,6 +99,7 @@ func DefaultConfig() Config {
 	c.Ledger.FeeMin = 800_000
 	c.Ledger.HoldTTL = Duration{10 * time.Minute}
 	c.Ledger.SweepInterval = Duration{5 * time.Second}
+	c.Ledger.SweepLease = Duration{15 * time.Second}
 	c.Ledger.Retention = Duration{7 * 24 * time.Hour}
 	c.Identity.Sources = []string{"apikey"}
 	c.KeyCacheTTL = Duration{10 * time.Second}
@@ -157,6 +162,9 @@ func LoadConfig(path string, getenv func(string) string) (Config, error) {
 	return c, errors.Join(errs...)
 }
 
+// maxExpiryDelay bounds how late after its TTL a hold may be expired.
+const maxExpiryDelay = 30 * time.Second
+
 // Validate reports every problem at once.
 func (c Config) Validate() error {
 	var errs []error
@@ -186,11 +194,17 @@ func (c Config) Validate() error {
 	pos("redis.timeout", c.Redis.Timeout)
 	pos("ledger.hold_ttl", c.Ledger.HoldTTL)
 	pos("ledger.sweep_interval", c.Ledger.SweepInterval)
+	pos("ledger.sweep_lease", c.Ledger.SweepLease)
 	pos("ledger.retention", c.Ledger.Retention)
 	pos("prices.reload_interval", c.Prices.ReloadInterval)
 	pos("shutdown_timeout", c.ShutdownTimeout)
 	if c.KeyCacheTTL.Duration < 0 {
 		errs = append(errs, fmt.Errorf("key_cache_ttl must not be negative, got %s", c.KeyCacheTTL.Duration))
+	}
+	// The product promises a hold is expired within its TTL + 30 s.
+	if late := c.Ledger.SweepInterval.Duration + c.Ledger.SweepLease.Duration; late > maxExpiryDelay {
+		errs = append(errs, fmt.Errorf("ledger.sweep_interval + ledger.sweep_lease is %s, more than %s: a hold must expire within hold_ttl + %s",
+			late, maxExpiryDelay, maxExpiryDelay))
 	}
 	if c.Ledger.Retention.Duration < c.Ledger.HoldTTL.Duration {
 		errs = append(errs, errors.New("ledger.retention must be at least ledger.hold_ttl, or late retries could not replay"))

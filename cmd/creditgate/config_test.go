@@ -141,8 +141,19 @@ func TestValidateListsEveryError(t *testing.T) {
 		{"negative fee min", func(c *Config) { c.Ledger.FeeMin = -1 }, []string{"fee min"}},
 		{"every duration zero", func(c *Config) {
 			c.Redis.Timeout, c.Ledger.HoldTTL, c.Ledger.SweepInterval = Duration{}, Duration{}, Duration{}
-			c.Ledger.Retention, c.Prices.ReloadInterval, c.ShutdownTimeout = Duration{}, Duration{}, Duration{}
-		}, []string{"redis.timeout", "ledger.hold_ttl", "ledger.sweep_interval", "ledger.retention", "prices.reload_interval", "shutdown_timeout"}},
+			c.Ledger.SweepLease, c.Ledger.Retention, c.Prices.ReloadInterval, c.ShutdownTimeout = Duration{}, Duration{}, Duration{}, Duration{}
+		}, []string{"redis.timeout", "ledger.hold_ttl", "ledger.sweep_interval", "ledger.sweep_lease", "ledger.retention", "prices.reload_interval", "shutdown_timeout"}},
+		// A hold must be expired within its TTL + 30 s: the sweeper looks at an
+		// idle account once per lease, and sweeps once per interval.
+		{"sweep interval + lease exactly 30s", func(c *Config) {
+			c.Ledger.SweepInterval, c.Ledger.SweepLease = Duration{10 * time.Second}, Duration{20 * time.Second}
+		}, nil},
+		{"sweep interval + lease over 30s", func(c *Config) {
+			c.Ledger.SweepInterval, c.Ledger.SweepLease = Duration{10 * time.Second}, Duration{20*time.Second + time.Millisecond}
+		}, []string{"ledger.sweep_interval + ledger.sweep_lease is 30.001s, more than 30s"}},
+		{"long sweep interval with the default lease", func(c *Config) { c.Ledger.SweepInterval = Duration{16 * time.Second} },
+			[]string{"ledger.sweep_interval + ledger.sweep_lease is 31s"}},
+		{"negative sweep lease", func(c *Config) { c.Ledger.SweepLease = Duration{-time.Second} }, []string{"ledger.sweep_lease must be positive"}},
 		{"retention shorter than hold ttl", func(c *Config) { c.Ledger.Retention = Duration{time.Minute} }, []string{"ledger.retention must be at least"}},
 		{"negative key cache ttl", func(c *Config) { c.KeyCacheTTL = Duration{-time.Second} }, []string{"key_cache_ttl"}},
 		{"no identity source", func(c *Config) { c.Identity.Sources = nil }, []string{"at least one source"}},

@@ -113,7 +113,7 @@ type serveHooks struct {
 func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.UniversalClient, hooks *serveHooks) error {
 	clock := time.Now
 	led, err := ledger.New(rdb, ledger.Options{
-		Prefix: cfg.Redis.Prefix, Clock: clock, Retention: cfg.Ledger.Retention.Duration,
+		Prefix: cfg.Redis.Prefix, Clock: clock, Retention: cfg.Ledger.Retention.Duration, SweepLease: cfg.Ledger.SweepLease.Duration,
 		Fee: ledger.FeePolicy{BasisPoints: cfg.Ledger.FeeBasisPoints, Min: cfg.Ledger.FeeMin},
 	})
 	if err != nil {
