@@ -46,6 +46,8 @@ type envConfig struct {
 	Spool bool
 	// Funds is testAccount's top-up (default $1).
 	Funds money.Micros
+	// HoldTTL and SweepLease shorten hold lifetimes for expiry tests.
+	HoldTTL, SweepLease time.Duration
 }
 
 // env is one sidecar on a loopback gRPC server, in front of a real ledger on
@@ -68,7 +70,7 @@ type env struct {
 func newEnv(t *testing.T, cfg envConfig) *env {
 	t.Helper()
 	ctx := context.Background()
-	led, err := ledger.New(redistest.Client(t), ledger.Options{Prefix: redistest.Prefix(t)})
+	led, err := ledger.New(redistest.Client(t), ledger.Options{Prefix: redistest.Prefix(t), SweepLease: cfg.SweepLease})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +82,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	opt := extproc.Options{
 		Ledger: e.faults, Prices: cat, Identity: cfg.Identity, Passthrough: cfg.Passthrough,
 		Logger:   slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Observer: e.obs,
+		Observer: e.obs, HoldTTL: cfg.HoldTTL,
 	}
 	if cfg.Spool {
 		sp, err := spool.Open(filepath.Join(t.TempDir(), "settlements.spool"))

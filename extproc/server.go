@@ -36,6 +36,7 @@ type Ledger interface {
 	Reserve(ctx context.Context, req ledger.ReserveRequest) (ledger.Hold, error)
 	Capture(ctx context.Context, req ledger.CaptureRequest) (ledger.CaptureResult, error)
 	Release(ctx context.Context, account, requestID, reason string) (ledger.ReleaseResult, error)
+	Extend(ctx context.Context, account, requestID string, deadline time.Time) (bool, error)
 	AccountForKey(ctx context.Context, keyHash string) (string, error)
 }
 

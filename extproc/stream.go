@@ -59,6 +59,7 @@ type stream struct {
 	reserved       bool
 	forwarded      bool   // the request-body reply that lets the request go upstream was sent
 	answered       string // the model that answered, once known
+	extendAt       time.Time
 	hold           ledger.Hold
 	settled        bool
 	captured       *ledger.CaptureResult
@@ -396,6 +397,7 @@ func (st *stream) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		st.phase = phaseDone
 		return responseBodyReply(m, nil, false, st.settledMetadata())
 	}
+	st.keepHoldAlive()
 	var out []byte
 	var changed bool
 	if st.encoding != "" {
@@ -640,6 +642,31 @@ func (st *stream) answeredModel() string {
 		return st.answered
 	}
 	return st.req.Model
+}
+
+// keepHoldAlive extends the hold of a stream that is still producing after
+// half its TTL, so a long generation never outlives its hold and becomes a
+// late capture. It costs one Redis round trip per half TTL, not per chunk.
+func (st *stream) keepHoldAlive() {
+	if !st.reserved || st.settled {
+		return
+	}
+	now := st.s.opt.Clock()
+	if st.extendAt.IsZero() {
+		st.extendAt = st.start.Add(st.s.opt.HoldTTL / 2)
+	}
+	if now.Before(st.extendAt) {
+		return
+	}
+	st.extendAt = now.Add(st.s.opt.HoldTTL / 2)
+	ok, err := st.s.opt.Ledger.Extend(st.ctx, st.account, st.requestID, now.Add(st.s.opt.HoldTTL))
+	switch {
+	case err != nil:
+		st.s.opt.Observer.LedgerError("extend")
+		st.log.Warn("could not extend the hold of a long stream", "err", err)
+	case !ok:
+		st.log.Warn("the hold of a long stream had already expired; its capture will be late")
+	}
 }
 
 // sent records a reply that reached Envoy.

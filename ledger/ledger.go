@@ -88,7 +88,7 @@ type Ledger struct {
 	scripts map[string]*redis.Script
 }
 
-var scriptNames = []string{"create", "topup", "reserve", "capture", "release", "expire", "adjust"}
+var scriptNames = []string{"create", "topup", "reserve", "capture", "release", "expire", "adjust", "extend"}
 
 // New builds a Ledger. It does not touch Redis; call Load to preload scripts.
 func New(rdb redis.UniversalClient, opt Options) (*Ledger, error) {
@@ -378,6 +378,21 @@ func (l *Ledger) Capture(ctx context.Context, req CaptureRequest) (CaptureResult
 	}
 	return CaptureResult{Account: req.Account, RequestID: req.RequestID, Debited: mic(res[0]), CarryPico: i64(res[1]),
 		Balance: mic(res[2]), Held: mic(res[3]), Late: i64(res[4]) == 1, Replayed: i64(res[5]) == 1}, nil
+}
+
+// Extend pushes an open hold's deadline to deadline, so a stream that runs
+// longer than the hold TTL keeps its hold. It reports false when the hold is
+// no longer open (its capture will then be a late one).
+func (l *Ledger) Extend(ctx context.Context, account, requestID string, deadline time.Time) (bool, error) {
+	if err := errors.Join(checkID("account", account), checkID("request id", requestID)); err != nil {
+		return false, err
+	}
+	k := l.keys(account)
+	res, err := l.run(ctx, "extend", []string{k.req(requestID), k.holds}, requestID, deadline.UnixMilli())
+	if err != nil {
+		return false, err
+	}
+	return i64(res[0]) == 1, nil
 }
 
 // Release ends a hold without charge.

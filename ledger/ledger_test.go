@@ -545,3 +545,38 @@ func TestRedisDownIsUnavailable(t *testing.T) {
 		t.Fatalf("want ErrUnavailable, got %v", err)
 	}
 }
+
+func TestExtendKeepsALongStreamsHold(t *testing.T) {
+	e := newEnv(t, ledger.FeePolicy{})
+	e.account(t, "a", "1")
+	if _, err := e.l.Reserve(e.ctx, ledger.ReserveRequest{Account: "a", RequestID: "long", Estimate: 100, TTL: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	// The stream is still running at 50s: extend to 50s + TTL.
+	e.clk.Advance(50 * time.Second)
+	ok, err := e.l.Extend(e.ctx, "a", "long", e.clk.Now().Add(time.Minute))
+	if err != nil || !ok {
+		t.Fatalf("extend: %v %v", ok, err)
+	}
+	// An earlier deadline never shortens it.
+	if ok, err := e.l.Extend(e.ctx, "a", "long", e.clk.Now()); err != nil || !ok {
+		t.Fatalf("extend earlier: %v %v", ok, err)
+	}
+	// Past the original deadline the sweeper leaves it alone.
+	e.clk.Advance(30 * time.Second)
+	if n, err := e.l.Sweep(e.ctx); err != nil || n != 0 {
+		t.Fatalf("sweep expired %d (%v) an extended hold", n, err)
+	}
+	if b := e.balance(t, "a"); b.Held != 100 {
+		t.Fatalf("held %s", b.Held)
+	}
+	// Past the extended deadline it expires as usual; extending then fails.
+	e.clk.Advance(time.Minute)
+	if n, err := e.l.Sweep(e.ctx); err != nil || n != 1 {
+		t.Fatalf("sweep expired %d (%v), want 1", n, err)
+	}
+	if ok, err := e.l.Extend(e.ctx, "a", "long", e.clk.Now().Add(time.Minute)); err != nil || ok {
+		t.Fatalf("extend of an expired hold: %v %v", ok, err)
+	}
+	e.auditClean(t)
+}
