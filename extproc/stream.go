@@ -119,13 +119,11 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processin
 		}
 		return st.onResponseBody(r.ResponseBody), nil
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		// Trailers end the response when they exist (envoy-extproc.md §1.5):
-		// the last body chunk then had eos=false.
-		// Trailers mean the upstream finished normally. A BUFFERED body came
-		// whole with eos=false and is priced from what was kept: settling it
-		// as a stream ignored the kept body and charged an estimate. Bytes a
-		// stream parser still holds cannot be sent any more (the body is
-		// gone); only an unterminated last event can be among them.
+		// Trailers end a response that has them (envoy-extproc.md §1.5): the
+		// last body chunk then had eos=false, and the upstream finished
+		// normally. A BUFFERED body came whole and is priced from what was
+		// kept. Bytes a stream parser still holds cannot be sent any more
+		// (the body is gone); only an unterminated last event can be there.
 		var md *structpb.Struct
 		if st.phase == phaseResponseBody && !st.settled {
 			if st.streaming {
