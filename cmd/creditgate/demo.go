@@ -40,6 +40,7 @@ const (
 type demoOptions struct {
 	proxyAddr, providerAddr, adminAddr, grpcAddr string
 	logLevel                                     string
+	redisPrefix                                  string
 	walkthrough                                  bool
 }
 
@@ -54,6 +55,7 @@ func runDemo(ctx context.Context, e env, args []string) error {
 	fs.StringVar(&o.adminAddr, "admin-addr", "127.0.0.1:8081", "creditgate admin API")
 	fs.StringVar(&o.grpcAddr, "grpc-addr", "127.0.0.1:0", "creditgate ext_proc gRPC server (port 0: any free port)")
 	fs.StringVar(&o.logLevel, "log-level", "error", "creditgate log level on stderr (info logs every refusal)")
+	fs.StringVar(&o.redisPrefix, "redis-prefix", DefaultConfig().Redis.Prefix, "key prefix of the demo's ledger in REDIS_URL's Redis (keeps it apart from another ledger there)")
 	fs.BoolVar(&o.walkthrough, "walkthrough", false, "run the three steps (charge, balance, 402) with a Go HTTP client, print each result and exit; non-zero if one misbehaves")
 	if _, err := parseArgs(fs, args, 0, ""); err != nil {
 		return err
@@ -74,6 +76,7 @@ func runDemo(ctx context.Context, e env, args []string) error {
 	cfg.Providers.Hosts = map[string]string{"127.0.0.1": "openai", "localhost": "openai"}
 	cfg.Providers.Passthrough = []string{"/v1/models"}
 	cfg.Log.Level, cfg.Log.Format = o.logLevel, "text"
+	cfg.Redis.Prefix = o.redisPrefix
 	cfg.ShutdownTimeout = Duration{5 * time.Second}
 
 	redisURL := e.getenv("REDIS_URL")

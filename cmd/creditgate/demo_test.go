@@ -19,7 +19,9 @@ import (
 
 	"github.com/tidwall/gjson"
 
+	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/money"
+	"github.com/creditgate/creditgate/test/redistest"
 )
 
 // demoBuffer is an io.Writer the demo goroutine writes while the test reads.
@@ -307,7 +309,8 @@ func TestDemoFlags(t *testing.T) {
 		stdout   []string
 	}{
 		{name: "help", args: []string{"demo", "--help"}, help: true,
-			stdout: []string{"-walkthrough", "-proxy-addr", "-provider-addr", "-admin-addr"}},
+			stdout: []string{"-walkthrough", "-proxy-addr", "-provider-addr", "-admin-addr", "-redis-prefix"}},
+		{name: "bad redis prefix", args: []string{"demo", "--redis-prefix", "cg{x}"}, wantCode: 2},
 		{name: "dev-provider help", args: []string{"dev-provider", "--help"}, help: true, stdout: []string{"-addr"}},
 		{name: "public admin address", args: []string{"demo", "--admin-addr", "0.0.0.0:8081"}, wantCode: 2},
 		{name: "public proxy address", args: []string{"demo", "--proxy-addr", ":10000"}, wantCode: 2},
@@ -344,6 +347,72 @@ func TestDemoRedisUnreachable(t *testing.T) {
 	}
 	if strings.Contains(err.Error()+out.String(), "secret") {
 		t.Error("the Redis password was printed")
+	}
+}
+
+// TestDemoWithRedisURL runs the walkthrough twice against a real Redis
+// under a private key prefix: the ledger lives in Redis, not in memory, and
+// the second run's seed replays its payment instead of crediting it again.
+func TestDemoWithRedisURL(t *testing.T) {
+	prefix := redistest.Prefix(t)
+	vars := map[string]string{"REDIS_URL": "redis://" + redistest.Addr(t) + "/0"}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	costRE := regexp.MustCompile(`HTTP 200, x-creditgate-cost: ([0-9.]+),`)
+	var costs money.Micros
+	for run, replayed := range []bool{false, true} {
+		args, _, _, _ := demoArgs(t, "--walkthrough", "--redis-prefix", prefix)
+		var out, errOut demoBuffer
+		err := Run(ctx, args, &out, &errOut, demoGetenv(vars))
+		o := out.String()
+		if err != nil {
+			t.Fatalf("run %d: walkthrough failed: %v\n%s\nstderr:\n%s", run+1, err, o, errOut.String())
+		}
+		for _, want := range []string{"DEMO MODE -- ledger in Redis from REDIS_URL", fmt.Sprintf("key prefix %q", prefix),
+			// A replayed top-up answers with its original receipt.
+			fmt.Sprintf("seeded account demo: balance $%s (payment %s, replayed=%v)", seedAmount, demoPaymentID, replayed),
+			"walkthrough: all 3 steps behaved as described"} {
+			if !strings.Contains(o, want) {
+				t.Errorf("run %d: output lacks %q:\n%s", run+1, want, o)
+			}
+		}
+		if strings.Contains(o, "IN-MEMORY") {
+			t.Errorf("run %d: banner claims an in-memory ledger with REDIS_URL set:\n%s", run+1, o)
+		}
+		m := costRE.FindStringSubmatch(o)
+		if m == nil {
+			t.Fatalf("run %d: no charged call in the output:\n%s", run+1, o)
+		}
+		costs += usd(t, m[1])
+	}
+
+	// Read the ledger straight from Redis: the demo left it there.
+	led, err := ledger.New(redistest.Client(t), ledger.Options{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bal, err := led.Balance(ctx, demoAccount)
+	if err != nil {
+		t.Fatalf("the demo account is not in Redis under prefix %s: %v", prefix, err)
+	}
+	if bal.Balance != seedAmount-costs || bal.Held != 0 {
+		t.Errorf("balance in Redis %+v, want $%s (one $%s seed minus both charges) and nothing held", bal, seedAmount-costs, seedAmount)
+	}
+	entries, _, err := led.Journal(ctx, demoAccount, "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var topups, captures int
+	for _, e := range entries {
+		switch e.Type {
+		case "topup":
+			topups++
+		case "capture":
+			captures++
+		}
+	}
+	if topups != 1 || captures != 2 {
+		t.Errorf("journal has %d top-ups and %d captures, want 1 and 2:\n%+v", topups, captures, entries)
 	}
 }
 
