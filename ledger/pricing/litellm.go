@@ -12,6 +12,22 @@ import (
 	"time"
 )
 
+// LiteLLMDefaultMaxOutputTokens is the max_output_tokens given to a
+// entry that charges output tokens and lists none of max_output_tokens,
+// max_tokens and max_input_tokens (62 chat entries of the 2026-07-24 snapshot, from
+// replicate, baseten, nscale and together_ai). The cap bounds the hold of a
+// request without max_tokens, so it errs high: it covers the output limits
+// LiteLLM lists elsewhere for those models (gpt-5 128000, Kimi K2.x and
+// Qwen3-235B 262144, grok-4 256000), short only of entries that give a
+// context window as the output limit (Llama 4, Gemini 2.5 Flash on some
+// hosts). Such rows say so in their source (liteLLMDefaultCapNote), so that
+// a reviewer can set the real limit.
+const LiteLLMDefaultMaxOutputTokens = 262144
+
+// liteLLMDefaultCapNote is appended to the source of a row whose
+// max_output_tokens is LiteLLMDefaultMaxOutputTokens.
+const liteLLMDefaultCapNote = " (max_output_tokens: default cap, LiteLLM lists no limit)"
+
 // Skipped is a LiteLLM entry that ImportLiteLLM did not turn into a row.
 type Skipped struct {
 	Key    string
@@ -25,6 +41,8 @@ type Skipped struct {
 // be represented exactly or fail catalog validation, is returned in
 // skipped with the reason. The error is only for input that is not a JSON
 // object at all. Every top-level key ends up in exactly one of the two.
+// An entry that charges output and lists no limit at all is imported with
+// LiteLLMDefaultMaxOutputTokens, and its row's source says so.
 //
 // Prices are read from the JSON number text with math/big (never through
 // a binary float), multiplied by 10^12 (USD per token → µUSD per 1M tokens) and
@@ -350,6 +368,17 @@ func convertLiteLLM(key string, raw json.RawMessage, eff string) (*ModelSpec, st
 		if ok && n > 0 {
 			spec.MaxOutputTokens = n
 			break
+		}
+	}
+	if spec.MaxOutputTokens == 0 {
+		// A row that charges output needs a cap to bound the hold of a
+		// request that sets no max_tokens; the source says which rows got
+		// the default, for review.
+		spec.MaxOutputTokens = LiteLLMDefaultMaxOutputTokens
+		if row, errs := spec.compile(prov); len(errs) == 0 && row.chargesOutput() {
+			spec.Source += liteLLMDefaultCapNote
+		} else {
+			spec.MaxOutputTokens = 0
 		}
 	}
 	if n, ok, err := e.intField("max_input_tokens"); err != nil {

@@ -63,18 +63,70 @@ func countRows(f *File) int {
 }
 
 // liteLLMSnapshot reads the shared LiteLLM snapshot next to the repository
-// (../shared/data from the repo root), skipping only if it is absent.
+// (../shared/data from the repo root). A missing file fails the test in CI
+// (CI or REDIS_ADDR set: CI always has the file, so its absence is a broken
+// checkout, not a reason to pass) and skips it on a developer machine.
 func liteLLMSnapshot(t *testing.T) []byte {
 	t.Helper()
 	path := filepath.Join(repoRoot(t), "..", "shared", "data", "litellm-model-prices.json")
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		t.Skipf("LiteLLM snapshot not present at %s", path)
+		missingSnapshot(t, path)
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	return data
+}
+
+// missingSnapshot fails under CI and skips elsewhere.
+func missingSnapshot(t testing.TB, path string) {
+	t.Helper()
+	for _, v := range []string{"CI", "REDIS_ADDR"} {
+		if os.Getenv(v) != "" {
+			t.Fatalf("LiteLLM snapshot not present at %s, and %s is set: CI must have ../shared/data", path, v)
+			return // only reached with a recording TB
+		}
+	}
+	t.Skipf("LiteLLM snapshot not present at %s (set CI to make this a failure)", path)
+}
+
+// tbRecorder records how missingSnapshot ended instead of ending the test.
+type tbRecorder struct {
+	testing.TB
+	failed, skipped bool
+}
+
+func (r *tbRecorder) Helper()               {}
+func (r *tbRecorder) Fatalf(string, ...any) { r.failed = true }
+func (r *tbRecorder) Skipf(string, ...any)  { r.skipped = true }
+
+func TestMissingSnapshotFailsInCI(t *testing.T) {
+	for _, tc := range []struct {
+		ci, redis  string
+		wantFailed bool
+	}{
+		{"", "", false},
+		{"true", "", true},
+		{"", "localhost:6379", true},
+		{"1", "localhost:6379", true},
+	} {
+		t.Setenv("CI", tc.ci)
+		t.Setenv("REDIS_ADDR", tc.redis)
+		r := &tbRecorder{TB: t}
+		missingSnapshot(r, "/nonexistent/litellm-model-prices.json")
+		if r.failed != tc.wantFailed || r.skipped == tc.wantFailed {
+			t.Errorf("CI=%q REDIS_ADDR=%q: failed=%v skipped=%v, want failed=%v", tc.ci, tc.redis, r.failed, r.skipped, tc.wantFailed)
+		}
+	}
+}
+
+// sourceKey returns the LiteLLM key an imported row's source names, and
+// whether the row got LiteLLMDefaultMaxOutputTokens.
+func sourceKey(source string) (key string, defaultCap, ok bool) {
+	key, ok = strings.CutPrefix(source, "litellm ")
+	key, defaultCap = strings.CutSuffix(key, liteLLMDefaultCapNote)
+	return key, defaultCap, ok
 }
 
 func TestImportLiteLLMSnapshot(t *testing.T) {
@@ -105,13 +157,34 @@ func TestImportLiteLLMSnapshot(t *testing.T) {
 		}
 	}
 	imported := map[string]bool{}
+	defaulted := 0
 	for _, rows := range f.Providers {
 		for _, r := range rows {
-			key, ok := strings.CutPrefix(r.Source, "litellm ")
+			key, defaultCap, ok := sourceKey(r.Source)
 			if !ok || imported[key] {
 				t.Fatalf("row %s/%s has source %q", r.Model, r.EffectiveFrom, r.Source)
 			}
 			imported[key] = true
+			var e map[string]json.RawMessage
+			if err := json.Unmarshal(top[key], &e); err != nil {
+				t.Fatalf("%s: %v", key, err)
+			}
+			_, hasLimit := e["max_output_tokens"]
+			if _, ok := e["max_tokens"]; ok {
+				hasLimit = true
+			}
+			if _, ok := e["max_input_tokens"]; ok {
+				hasLimit = true
+			}
+			switch {
+			case defaultCap && (hasLimit || r.MaxOutputTokens != LiteLLMDefaultMaxOutputTokens):
+				t.Errorf("%s: source says default cap, but entry has a limit (%v) or row cap is %d", key, hasLimit, r.MaxOutputTokens)
+			case !defaultCap && !hasLimit && r.MaxOutputTokens != 0:
+				t.Errorf("%s: no limit in LiteLLM and no default-cap note, but max_output_tokens %d", key, r.MaxOutputTokens)
+			}
+			if defaultCap {
+				defaulted++
+			}
 		}
 	}
 	reasons := map[string]int{}
@@ -143,12 +216,8 @@ func TestImportLiteLLMSnapshot(t *testing.T) {
 	if len(imported)+skippedEligible != len(eligible) {
 		t.Errorf("eligible %d != imported %d + skipped eligible %d", len(eligible), len(imported), skippedEligible)
 	}
-	// A regression that silently drops most rows would still balance the
-	// sums above; the snapshot of 2026-07-24 imports 2199 of 2385.
-	if len(imported) < len(eligible)*9/10 {
-		t.Errorf("only %d of %d eligible entries imported", len(imported), len(eligible))
-	}
-	t.Logf("%d keys, %d eligible, %d imported, %d eligible skipped", len(top), len(eligible), len(imported), skippedEligible)
+	t.Logf("%d keys, %d eligible, %d imported (%d with the default cap), %d eligible skipped",
+		len(top), len(eligible), len(imported), defaulted, skippedEligible)
 	var rk []string
 	for r := range reasons {
 		rk = append(rk, r)
@@ -156,6 +225,31 @@ func TestImportLiteLLMSnapshot(t *testing.T) {
 	sort.Strings(rk)
 	for _, r := range rk {
 		t.Logf("  skipped %4d × %s", reasons[r], r)
+	}
+	// The sums above balance even if a regression drops rows into skipped,
+	// so the counts of the 2026-07-24 snapshot are pinned exactly; a new
+	// snapshot must update them after reviewing the logged reasons.
+	for _, c := range []struct {
+		what      string
+		got, want int
+	}{
+		{"keys", len(top), 2985},
+		{"eligible", len(eligible), 2403},
+		{"imported", len(imported), 2261},
+		{"imported with the default output cap", defaulted, 62},
+		{"eligible skipped", skippedEligible, 142},
+		{"skipped: all prices 0", reasons["every token price is 0; importing it would make the model free"], 94},
+		{"skipped: duplicate", reasons["duplicate of "], 17},
+		{"skipped: input price out of range", reasons["input_cost_per_token "], 14},
+		{"skipped: output price out of range", reasons["output_cost_per_token "], 2},
+		{"skipped: no input price", reasons["no input_cost_per_token"], 3},
+		{"skipped: 3-step tiers", reasons["tiered_pricing has 3 steps"], 8},
+		{"skipped: 4-step tiers", reasons["tiered_pricing has 4 steps"], 4},
+		{"skipped: fails catalog validation", reasons["fails catalog validation"], 0},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %d, want %d", c.what, c.got, c.want)
+		}
 	}
 
 	// The written file is a valid catalog, and spot checks go through it.
@@ -190,6 +284,9 @@ func TestImportLiteLLMSnapshot(t *testing.T) {
 		{"deepseek", "deepseek-chat", Rates{Input: 280000, CachedInput: 28000, CacheWrite5m: 280000, CacheWrite1h: 280000, Output: 420000}, nil, 8192, 131072},
 		// float noise in LiteLLM's numbers: 2.9999900000000002e-06 → $2.99999
 		{"databricks", "databricks-claude-3-7-sonnet", Rates{Input: 2999990, CachedInput: 2999990, CacheWrite5m: 2999990, CacheWrite1h: 2999990, Output: 15000020}, nil, 0, 0},
+		// no limit of any kind in LiteLLM: imported with the default cap
+		{"together", "meta-llama/Llama-3.3-70B-Instruct-Turbo", Rates{Input: 880000, CachedInput: 880000, CacheWrite5m: 880000, CacheWrite1h: 880000, Output: 880000},
+			nil, LiteLLMDefaultMaxOutputTokens, 0},
 		// two-step tiered_pricing: base below 256000 prompt tokens, tier above
 		{"dashscope", "qwen-flash", Rates{Input: 50000, CachedInput: 50000, CacheWrite5m: 50000, CacheWrite1h: 50000, Output: 400000},
 			&Tier{256000, Rates{Input: 250000, CachedInput: 250000, CacheWrite5m: 250000, CacheWrite1h: 250000, Output: 2000000}}, 0, 0},
