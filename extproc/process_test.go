@@ -19,6 +19,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/andybalholm/brotli"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -75,6 +76,9 @@ type processStep struct {
 	Body    string      `json:"body"`
 	// BodyFile is read from testdata/bodies instead of Body.
 	BodyFile string `json:"body_file"`
+	// Encode compresses the body before it is sent: "br" (brotli), so a
+	// case file can hold a compressed response as reviewable text.
+	Encode string `json:"encode"`
 	// Attributes are the request attributes Envoy evaluated (§1.2), sent
 	// on this message under "envoy.filters.http.ext_proc".
 	Attributes map[string]string `json:"attributes"`
@@ -251,14 +255,29 @@ func autoContentLength(t *testing.T, steps []processStep) {
 }
 
 func stepBody(t *testing.T, s processStep) []byte {
-	if s.BodyFile == "" {
-		return []byte(s.Body)
+	b := []byte(s.Body)
+	if s.BodyFile != "" {
+		var err error
+		if b, err = os.ReadFile(filepath.Join("testdata", "bodies", s.BodyFile)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	b, err := os.ReadFile(filepath.Join("testdata", "bodies", s.BodyFile))
-	if err != nil {
-		t.Fatal(err)
+	switch s.Encode {
+	case "":
+		return b
+	case "br":
+		var buf bytes.Buffer
+		w := brotli.NewWriter(&buf)
+		if _, err := w.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return buf.Bytes()
 	}
-	return b
+	t.Fatalf("unknown encode %q", s.Encode)
+	return nil
 }
 
 func endStream(t *testing.T, cs extprocv3.ExternalProcessor_ProcessClient, reset context.CancelFunc, how string) {
