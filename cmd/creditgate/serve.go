@@ -250,10 +250,13 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 		if sp == nil {
 			return
 		}
-		sp.Run(bg, led, time.Second, func(err error) { log.Warn("spool replay waiting for the ledger", "err", err) },
-			func(item spool.Settlement, err error) {
-				log.Error("spooled settlement refused by the ledger", "err", err)
-			})
+		sp.Run(bg, led, time.Second, func(err error) {
+			metrics.LedgerError("spool_replay")
+			log.Warn("spool replay waiting for the ledger", "err", err)
+		}, func(item spool.Settlement, err error) {
+			metrics.LedgerError("spool_replay")
+			log.Error("spooled settlement refused by the ledger", "err", err)
+		})
 	}()
 	go func() { defer wg.Done(); errc <- gs.Serve(gl) }()
 	go func() {
@@ -264,7 +267,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 	}()
 	go func() {
 		defer wg.Done()
-		led.RunSweeper(bg, cfg.Ledger.SweepInterval.Duration, func(err error) { log.Error("hold sweep failed", "err", err) })
+		led.RunSweeper(bg, cfg.Ledger.SweepInterval.Duration, func(err error) {
+			metrics.LedgerError("sweep")
+			log.Error("hold sweep failed", "err", err)
+		})
 	}()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)

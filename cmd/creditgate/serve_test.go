@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -32,6 +33,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/creditgate/creditgate/envoy"
+	"github.com/creditgate/creditgate/ledger"
 	"github.com/creditgate/creditgate/ledger/admin"
 	"github.com/creditgate/creditgate/ledger/money"
 	"github.com/creditgate/creditgate/test/envoyemu"
@@ -281,7 +283,30 @@ func driveMeteredRequest(t *testing.T, ts *testServer) (int, admin.Balance) {
 		t.Fatal(err)
 	}
 
-	up := httptest.NewServer(fakeprovider.NewDemo())
+	front := frontProxy(t, ts, fakeprovider.NewDemo())
+	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say something short about credits."}],"max_tokens":20}`
+	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	resp := postChat(t, rctx, front, body, "Authorization", "Bearer "+meteredKey)
+	rb, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("metered request: %d %s", resp.StatusCode, rb)
+	}
+	bal, err := c.Balance(ctx, meteredAccount)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, bal
+}
+
+// frontProxy puts the Envoy ext_proc emulator, running the filter config we
+// ship in envoy/envoy.yaml with ts's gRPC server as the processor, in front
+// of upstream and returns the URL clients call. Requests to it carry Host
+// 127.0.0.1, which testConfig's providers.hosts maps to "openai".
+func frontProxy(t *testing.T, ts *testServer, upstream http.Handler) string {
+	t.Helper()
+	up := httptest.NewServer(upstream)
 	t.Cleanup(up.Close)
 	upURL, _ := url.Parse(up.URL)
 	doc, err := envoy.ReadFile(envoy.BootstrapFile)
@@ -300,31 +325,310 @@ func driveMeteredRequest(t *testing.T, ts *testServer) (int, admin.Balance) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { px.Close() })
-	// 127.0.0.1 is mapped to "openai" by testConfig's providers.hosts.
 	front := httptest.NewServer(px)
+	// Cleanups run last-in first-out: the front closes before the proxy.
+	t.Cleanup(func() { px.Close() })
 	t.Cleanup(front.Close)
+	return front.URL
+}
 
-	body := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say something short about credits."}],"max_tokens":20}`
-	rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(rctx, http.MethodPost, front.URL+"/v1/chat/completions", strings.NewReader(body))
+// postChat sends an OpenAI chat completion to front with one extra header
+// (the payer's key or account) and returns the response once its headers
+// arrived; the caller reads and closes the body.
+func postChat(t *testing.T, ctx context.Context, front, body, hdr, val string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, front+"/v1/chat/completions", strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Authorization", "Bearer "+meteredKey)
+	req.Header.Set(hdr, val)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("metered request: %d %s", resp.StatusCode, rb)
+	return resp
+}
+
+// slowStream is an OpenAI chat completion stream of n content events, one
+// per chunk, each after delay, with no usage event: a client or sidecar
+// that stops reading it early leaves the sidecar only an estimate.
+func slowStream(n int, delay time.Duration) fakeprovider.Transcript {
+	chunks := [][]byte{[]byte(`data: {"id":"chatcmpl-slow","object":"chat.completion.chunk","created":1755000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}` + "\n\n")}
+	for range n {
+		chunks = append(chunks, []byte(`data: {"id":"chatcmpl-slow","object":"chat.completion.chunk","created":1755000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"content":"credit "},"finish_reason":null}]}`+"\n\n"))
 	}
-	bal, err := c.Balance(ctx, meteredAccount)
+	return fakeprovider.Transcript{Headers: map[string]string{"Content-Type": "text/event-stream"}, Chunks: chunks, Delay: delay}
+}
+
+// slowStreamProvider answers every chat completion with slowStream.
+func slowStreamProvider(n int, delay time.Duration) *fakeprovider.Provider {
+	p := fakeprovider.New()
+	p.Handle("/v1/chat/completions", slowStream(n, delay))
+	return p
+}
+
+// readFirstEvent reads the response up to its first SSE event, so the stream
+// is known to flow through the sidecar.
+func readFirstEvent(t *testing.T, resp *http.Response) {
+	t.Helper()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("streamed request: %d %s", resp.StatusCode, b)
+	}
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "data: ") {
+		t.Fatalf("first line of the stream %q, %v; want an SSE event", line, err)
+	}
+}
+
+const streamBody = `{"model":"gpt-4o-mini","stream":true,"max_tokens":500,"messages":[{"role":"user","content":"Tell a long story about credits."}]}`
+
+// seedAccount creates account with key and tops it up by amount through
+// ts's admin API.
+func seedAccount(t *testing.T, ts *testServer, account, key string, amount money.Micros) {
+	t.Helper()
+	ctx := context.Background()
+	c := ts.client()
+	if _, err := c.CreateAccount(ctx, account); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateKey(ctx, account, key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.TopUp(ctx, account, account+"-pay-1", amount); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestServeForcedShutdown: a stream still running when shutdown_timeout
+// ends is cut, serve returns, and the request is settled on an estimate
+// before Redis closes, so no hold is left behind.
+func TestServeForcedShutdown(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.ShutdownTimeout = Duration{200 * time.Millisecond}
+	ts := startServe(t, cfg, nil)
+	const acct, key = "shutdown-acct", "cgk_shutdown_0123456789abcdef0123456789abcdef"
+	seedAccount(t, ts, acct, key, 1_000_000)
+	// 2000 events 50ms apart outlast every bound below: only the forced
+	// stop can end this stream in time.
+	front := frontProxy(t, ts, slowStreamProvider(2000, 50*time.Millisecond))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	resp := postChat(t, ctx, front, streamBody, "Authorization", "Bearer "+key)
+	defer resp.Body.Close()
+	readFirstEvent(t, resp)
+
+	if err := ts.stop(); err != nil { // bounded by stop's hang guard
+		t.Fatalf("serve returned %v, want nil", err)
+	}
+	if !strings.Contains(ts.logs.String(), "shutdown timeout: cancelling remaining streams") {
+		t.Fatalf("serve did not cut the stream at shutdown_timeout; log:\n%s", ts.logs.String())
+	}
+
+	led, err := ledger.New(redistest.Client(t), ledger.Options{Prefix: cfg.Redis.Prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, bal
+	bctx, bcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer bcancel()
+	entries, _, err := led.Journal(bctx, acct, "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reserved []string
+	captured := map[string]ledger.Entry{}
+	for _, e := range entries {
+		switch e.Type {
+		case "reserve":
+			reserved = append(reserved, e.Ref)
+		case "capture":
+			captured[e.Ref] = e
+		}
+	}
+	if len(reserved) != 1 {
+		t.Fatalf("journal has %d reserves, want 1:\n%+v", len(reserved), entries)
+	}
+	c, ok := captured[reserved[0]]
+	if !ok || !c.Estimated || c.Amount <= 0 {
+		t.Fatalf("request %s: capture %+v (present %v), want an estimated charge:\n%+v", reserved[0], c, ok, entries)
+	}
+	bal, err := led.Balance(bctx, acct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bal.Held != 0 || bal.Balance != 1_000_000-c.Amount {
+		t.Errorf("after shutdown: %+v, want nothing held and $1 minus the $%s captured", bal, c.Amount)
+	}
+}
+
+// TestServeSweepLease: ledger.sweep_lease reaches the ledger serve runs. A
+// sweeper that expired an account's last hold leaves the account's sweep
+// index score at its sweep time plus the lease (docs/ledger.md), so with a
+// 10s lease the score is at most 10s ahead, where the ledger's 15s default
+// would put it further.
+func TestServeSweepLease(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Ledger.SweepInterval = Duration{20 * time.Millisecond}
+	cfg.Ledger.SweepLease = Duration{10 * time.Second}
+	startServe(t, cfg, nil)
+
+	rdb := redistest.Client(t)
+	led, err := ledger.New(rdb, ledger.Options{Prefix: cfg.Redis.Prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const acct = "lease-acct"
+	if _, err := led.CreateAccount(ctx, acct); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := led.TopUp(ctx, ledger.TopUpRequest{Account: acct, PaymentID: "lease-pay-1", Amount: 1_000_000}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := led.Reserve(ctx, ledger.ReserveRequest{Account: acct, RequestID: "lease-req-1", Estimate: 1000, TTL: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	var expiredAt int64
+	waitFor(t, "serve's sweeper to expire the hold", func() bool {
+		entries, _, err := led.Journal(ctx, acct, "", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if e.Type == "expire" {
+				expiredAt = e.TimeMs
+				return true
+			}
+		}
+		return false
+	})
+	score, err := rdb.ZScore(ctx, cfg.Redis.Prefix+":sweep", acct).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	lease := cfg.Ledger.SweepLease.Milliseconds()
+	if now := time.Now().UnixMilli(); int64(score) < expiredAt+lease || int64(score) > now+lease {
+		t.Errorf("sweep index score %d is %dms after the expiry at %d; want the 10s lease from a sweep between then and now (%d)",
+			int64(score), int64(score)-expiredAt, expiredAt, now)
+	}
+}
+
+// metricSnapshot scrapes ts's /metrics and reads one sample; absent series
+// (a vector with no child yet) read as 0.
+func metricSnapshot(t *testing.T, ts *testServer) func(name string, labels map[string]string) float64 {
+	t.Helper()
+	_, body := ts.get("/metrics")
+	fams := parseMetrics(t, body)
+	return func(name string, labels map[string]string) float64 {
+		v, _ := metricValue(fams, name, labels)
+		return v
+	}
+}
+
+// TestServeMetricValues drives a refusal for funds, an unpriced model and
+// a client abort mid-stream through a healthy sidecar, and a reserve against
+// a dead Redis through another, and checks each moves its counter.
+func TestServeMetricValues(t *testing.T) {
+	t.Run("healthy ledger", func(t *testing.T) {
+		ts := startServe(t, testConfig(t), nil)
+		const acct, key = "metric-values-acct", "cgk_metricvalues_0123456789abcdef0123456789ab"
+		seedAccount(t, ts, acct, key, 10_000) // $0.01
+		front := frontProxy(t, ts, slowStreamProvider(2000, 20*time.Millisecond))
+		before := metricSnapshot(t, ts)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		send := func(body string) (int, string) {
+			resp := postChat(t, ctx, front, body, "Authorization", "Bearer "+key)
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, string(b)
+		}
+		// gpt-4o-mini's worst case for 1M output tokens is $0.60, above $0.01.
+		if code, b := send(`{"model":"gpt-4o-mini","max_tokens":1000000,"messages":[{"role":"user","content":"hi"}]}`); code != http.StatusPaymentRequired {
+			t.Fatalf("over-budget request: %d %s, want 402", code, b)
+		}
+		if code, b := send(`{"model":"gpt-unpriced-cmdtest","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`); code != http.StatusBadRequest || !strings.Contains(b, "no price") {
+			t.Fatalf("unpriced model: %d %s, want 400 naming the missing price", code, b)
+		}
+		// The client gives up mid-stream: the sidecar settles on an estimate.
+		sctx, scancel := context.WithCancel(ctx)
+		resp := postChat(t, sctx, front, streamBody, "Authorization", "Bearer "+key)
+		readFirstEvent(t, resp)
+		scancel()
+		resp.Body.Close()
+
+		estimated := func(get func(string, map[string]string) float64) float64 {
+			return get("creditgate_estimated_settlements_total", nil)
+		}
+		var after func(string, map[string]string) float64
+		waitFor(t, "an estimated settlement after the client abort", func() bool {
+			after = metricSnapshot(t, ts)
+			return estimated(after) > estimated(before)
+		})
+		for _, c := range []struct {
+			name   string
+			labels map[string]string
+		}{
+			{"creditgate_refusals_total", map[string]string{"reason": "insufficient_funds"}},
+			{"creditgate_refusals_total", map[string]string{"reason": "unpriced_model"}},
+			{"creditgate_unpriced_model_total", map[string]string{"provider": "openai"}},
+			{"creditgate_requests_total", map[string]string{"provider": "openai", "outcome": "estimated"}},
+		} {
+			if b, a := before(c.name, c.labels), after(c.name, c.labels); a != b+1 {
+				t.Errorf("%s%v went from %v to %v, want one more", c.name, c.labels, b, a)
+			}
+		}
+		if a := after("creditgate_ledger_errors_total", nil); a != 0 {
+			t.Errorf("creditgate_ledger_errors_total = %v with a healthy Redis, want 0", a)
+		}
+	})
+
+	t.Run("dead redis", func(t *testing.T) {
+		port, err := redistest.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := testConfig(t)
+		cfg.Redis.URL = fmt.Sprintf("redis://127.0.0.1:%d/0", port) // nothing listens here
+		// The account comes from a header, so identity needs no Redis and
+		// the request reaches the reserve.
+		cfg.Identity.Sources = []string{"header"}
+		cfg.Ledger.SweepInterval = Duration{20 * time.Millisecond}
+		cfg.Ledger.SpoolPath = filepath.Join(t.TempDir(), "spool.jsonl")
+		ts := startServe(t, cfg, nil)
+		up := fakeprovider.NewDemo()
+		front := frontProxy(t, ts, up)
+		before := metricSnapshot(t, ts)
+
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		resp := postChat(t, ctx, front, `{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`,
+			"x-creditgate-account", "dead-redis-acct")
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		// go-redis's dial retries can outlast the filter's 2s message_timeout,
+		// so Envoy may answer 504 before the sidecar's 503; either way the
+		// request must not go upstream.
+		if resp.StatusCode != http.StatusServiceUnavailable && resp.StatusCode != http.StatusGatewayTimeout {
+			t.Fatalf("reserve with Redis down: %d %s, want 503 (or Envoy's 504)", resp.StatusCode, b)
+		}
+		if n := len(up.Requests()); n != 0 {
+			t.Fatalf("%d requests reached the provider with the ledger down, want 0", n)
+		}
+		op := func(name string) map[string]string { return map[string]string{"op": name} }
+		// The reserve may still be failing when the client has its answer.
+		waitFor(t, "creditgate_ledger_errors_total{op=reserve} up by one", func() bool {
+			after := metricSnapshot(t, ts)
+			return after("creditgate_ledger_errors_total", op("reserve")) == before("creditgate_ledger_errors_total", op("reserve"))+1 &&
+				after("creditgate_refusals_total", map[string]string{"reason": "ledger_unavailable"}) == 1
+		})
+		// The sweeper fails every interval; the spool holds the release of
+		// the unknown reserve and fails to replay it once a second.
+		for _, name := range []string{"sweep", "spool_replay"} {
+			waitFor(t, "creditgate_ledger_errors_total{op="+name+"}", func() bool {
+				return metricSnapshot(t, ts)("creditgate_ledger_errors_total", op(name)) > 0
+			})
+		}
+	})
 }
 
 func TestServeLifecycle(t *testing.T) {
