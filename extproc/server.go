@@ -62,6 +62,9 @@ type Options struct {
 	// negative value disables the cache). A revoked key works for at most
 	// this long.
 	KeyCacheTTL time.Duration
+	// LedgerTimeout bounds each ledger call Envoy waits on (default 1.5s);
+	// keep it below the filter's message_timeout (2s in envoy/envoy.yaml).
+	LedgerTimeout time.Duration
 	// SettleTimeout bounds a settlement after the stream is gone (default 5s).
 	SettleTimeout time.Duration
 	// KeepAcceptEncoding leaves the client's accept-encoding alone. By
@@ -113,6 +116,9 @@ func NewServer(opt Options) (*Server, error) {
 	}
 	if opt.HoldTTL <= 0 {
 		opt.HoldTTL = 10 * time.Minute
+	}
+	if opt.LedgerTimeout <= 0 {
+		opt.LedgerTimeout = 1500 * time.Millisecond
 	}
 	if opt.SettleTimeout <= 0 {
 		opt.SettleTimeout = 5 * time.Second

@@ -182,7 +182,9 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 	}
 	st.passthrough = rerr != nil && st.s.passthrough(host, path)
 
-	account, keyHeader, err := st.s.opt.Identity.resolve(st.ctx, st.s.opt.Ledger, st.s.keys, hd, attrs)
+	ictx, icancel := st.callContext()
+	account, keyHeader, err := st.s.opt.Identity.resolve(ictx, st.s.opt.Ledger, st.s.keys, hd, attrs)
+	icancel()
 	switch {
 	case errors.Is(err, errUnknownPayer):
 		return st.refuse(401, "unknown_payer", "authentication_error",
@@ -286,7 +288,9 @@ func (st *stream) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResp
 	st.row = row
 	est := row.Estimate(req.EstInputTokens, req.MaxOutputTokens)
 	t0 := time.Now()
-	hold, err := st.s.opt.Ledger.Reserve(st.ctx, ledger.ReserveRequest{
+	rctx, rcancel := st.callContext()
+	defer rcancel()
+	hold, err := st.s.opt.Ledger.Reserve(rctx, ledger.ReserveRequest{
 		Account: st.account, RequestID: st.requestID, Estimate: est, TTL: st.s.opt.HoldTTL,
 		Provider: st.route.Provider, Model: req.Model, Time: st.start,
 	})
@@ -610,10 +614,23 @@ func (st *stream) spool(item spool.Settlement, err error) bool {
 	return true
 }
 
+// callContext bounds a ledger call made while Envoy waits for our reply, so
+// the sidecar answers (503 in the provider's shape) before Envoy's
+// message_timeout turns a slow Redis into a bare 504.
+func (st *stream) callContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(st.ctx, st.s.opt.LedgerTimeout)
+}
+
 // settleContext outlives the gRPC stream: a settlement started because the
 // stream ended must still reach Redis.
 func (st *stream) settleContext() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(st.ctx), st.s.opt.SettleTimeout)
+	d := st.s.opt.SettleTimeout
+	if st.ctx.Err() == nil && st.s.opt.LedgerTimeout < d {
+		// Envoy is waiting for our reply: answer before its message_timeout
+		// (a slow ledger spools the settlement instead of a 504).
+		d = st.s.opt.LedgerTimeout
+	}
+	return context.WithTimeout(context.WithoutCancel(st.ctx), d)
 }
 
 func (st *stream) settledMetadata() *structpb.Struct {
@@ -657,7 +674,9 @@ func (st *stream) keepHoldAlive() {
 		return
 	}
 	st.extendAt = now.Add(st.s.opt.HoldTTL / 2)
-	ok, err := st.s.opt.Ledger.Extend(st.ctx, st.account, st.requestID, now.Add(st.s.opt.HoldTTL))
+	ctx, cancel := st.callContext()
+	defer cancel()
+	ok, err := st.s.opt.Ledger.Extend(ctx, st.account, st.requestID, now.Add(st.s.opt.HoldTTL))
 	switch {
 	case err != nil:
 		st.s.opt.Observer.LedgerError("extend")

@@ -56,7 +56,10 @@ type Config struct {
 		// account is revisited once per lease, so a hold expires at most
 		// sweep_interval + sweep_lease after its TTL.
 		SweepLease Duration `json:"sweep_lease"`
-		Retention  Duration `json:"retention"`
+		// CallTimeout bounds each ledger call Envoy waits on; keep it below
+		// the ext_proc filter's message_timeout.
+		CallTimeout Duration `json:"call_timeout"`
+		Retention   Duration `json:"retention"`
 		// SpoolPath keeps settlements that could not reach Redis until they
 		// replay (env CREDITGATE_SPOOL_PATH); empty disables the spool.
 		SpoolPath string `json:"spool_path"`
@@ -100,6 +103,7 @@ func DefaultConfig() Config {
 	c.Ledger.HoldTTL = Duration{10 * time.Minute}
 	c.Ledger.SweepInterval = Duration{5 * time.Second}
 	c.Ledger.SweepLease = Duration{15 * time.Second}
+	c.Ledger.CallTimeout = Duration{1500 * time.Millisecond}
 	c.Ledger.Retention = Duration{7 * 24 * time.Hour}
 	c.Identity.Sources = []string{"apikey"}
 	c.KeyCacheTTL = Duration{10 * time.Second}
@@ -195,6 +199,7 @@ func (c Config) Validate() error {
 	pos("ledger.hold_ttl", c.Ledger.HoldTTL)
 	pos("ledger.sweep_interval", c.Ledger.SweepInterval)
 	pos("ledger.sweep_lease", c.Ledger.SweepLease)
+	pos("ledger.call_timeout", c.Ledger.CallTimeout)
 	pos("ledger.retention", c.Ledger.Retention)
 	pos("prices.reload_interval", c.Prices.ReloadInterval)
 	pos("shutdown_timeout", c.ShutdownTimeout)

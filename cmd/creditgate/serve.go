@@ -145,6 +145,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 		Detector:    &provider.Detector{Hosts: cfg.Providers.Hosts},
 		Passthrough: cfg.Providers.Passthrough, HoldTTL: cfg.Ledger.HoldTTL.Duration,
 		Logger: log, Clock: clock, Observer: metrics, KeyCacheTTL: cfg.KeyCacheTTL.Duration,
+		LedgerTimeout: cfg.Ledger.CallTimeout.Duration,
 	}
 	if epOpt.KeyCacheTTL == 0 {
 		epOpt.KeyCacheTTL = -1 // 0s in the config means off
