@@ -80,7 +80,18 @@ func runSeed(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	if r.Replayed {
+		// A replayed top-up answers with its original receipt; show what
+		// the account holds now instead of a stale balance.
+		b, err := c.Balance(ctx, *account)
+		if err != nil {
+			return err
+		}
+		return af.output(e, r, func(w io.Writer) {
+			fmt.Fprintf(w, "seeded account %s: payment %s was already applied; balance now $%s\n", *account, *pid, b.Balance)
+		})
+	}
 	return af.output(e, r, func(w io.Writer) {
-		fmt.Fprintf(w, "seeded account %s: balance $%s (payment %s, replayed=%v)\n", *account, r.BalanceAfter, *pid, r.Replayed)
+		fmt.Fprintf(w, "seeded account %s: balance $%s (payment %s)\n", *account, r.BalanceAfter, *pid)
 	})
 }
