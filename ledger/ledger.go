@@ -322,11 +322,11 @@ func (l *Ledger) Reserve(ctx context.Context, req ReserveRequest) (Hold, error) 
 	// trip on the request path. Either order of the two writes is safe (see
 	// Sweep); what must not happen is a hold with no index entry, so a failed
 	// index write is retried on its own.
-	idx := redis.ZAddArgs{LT: true, Members: []redis.Z{{Score: float64(deadline), Member: req.Account}}}
+	idx := l.sweepIndex("LT", deadline, req.Account)
 	keys := []string{k.acct, k.journal, k.req(req.RequestID), k.holds}
 	args := []any{req.RequestID, int64(req.Estimate), deadline, now, req.Provider, req.Model}
 	pipe := l.rdb.Pipeline()
-	zadd := pipe.ZAddArgs(ctx, l.sweepKey(), idx)
+	zadd := pipe.Do(ctx, idx...)
 	eval := l.scripts["reserve"].EvalSha(ctx, pipe, keys, args...)
 	_, _ = pipe.Exec(ctx)
 	var res []any
@@ -341,7 +341,7 @@ func (l *Ledger) Reserve(ctx context.Context, req ReserveRequest) (Hold, error) 
 		return Hold{}, err
 	}
 	if zadd.Err() != nil {
-		if err := l.rdb.ZAddArgs(ctx, l.sweepKey(), idx).Err(); err != nil {
+		if err := l.rdb.Do(ctx, idx...).Err(); err != nil {
 			// A hold the sweeper cannot see would leak if its request never
 			// settles: undo it and refuse, as for any Redis failure.
 			_, _ = l.Release(ctx, req.Account, req.RequestID, "hold could not be indexed for expiry")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,10 +31,9 @@ func (l *Ledger) Sweep(ctx context.Context) (expired int, err error) {
 	if err != nil {
 		return 0, classify(err)
 	}
-	lease := float64(now + l.opt.SweepLease.Milliseconds())
+	lease := now + l.opt.SweepLease.Milliseconds()
 	for _, acct := range due {
-		if err := l.rdb.ZAddArgs(ctx, l.sweepKey(), redis.ZAddArgs{GT: true, XX: true,
-			Members: []redis.Z{{Score: lease, Member: acct}}}).Err(); err != nil {
+		if err := l.rdb.Do(ctx, l.sweepIndex("XX GT", lease, acct)...).Err(); err != nil {
 			return expired, classify(err)
 		}
 		n, next, err := l.ExpireAccount(ctx, acct, now)
@@ -45,13 +45,22 @@ func (l *Ledger) Sweep(ctx context.Context) (expired int, err error) {
 		}
 		expired += n
 		if next >= 0 {
-			if err := l.rdb.ZAddArgs(ctx, l.sweepKey(), redis.ZAddArgs{LT: true,
-				Members: []redis.Z{{Score: float64(next), Member: acct}}}).Err(); err != nil {
+			if err := l.rdb.Do(ctx, l.sweepIndex("LT", next, acct)...).Err(); err != nil {
 				return expired, classify(err)
 			}
 		}
 	}
 	return expired, nil
+}
+
+// sweepIndex builds a ZADD on the sweep index with integer millisecond
+// scores written as decimal text: exact (below 2^53) and float-free.
+func (l *Ledger) sweepIndex(flags string, ms int64, account string) []any {
+	cmd := []any{"ZADD", l.sweepKey()}
+	for _, f := range strings.Fields(flags) {
+		cmd = append(cmd, f)
+	}
+	return append(cmd, strconv.FormatInt(ms, 10), account)
 }
 
 // ExpireAccount expires the due holds of one account at time nowMs and
