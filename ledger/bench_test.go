@@ -2,7 +2,7 @@ package ledger_test
 
 import (
 	"context"
-	"fmt"
+	"github.com/creditgate/creditgate/test/benchratio"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -24,18 +24,18 @@ import (
 func BenchmarkReserveCapture(b *testing.B) {
 	b.Run("serial", func(b *testing.B) {
 		e := newBenchLedger(b)
-		benchPair(b,
-			benchCase{"baseline=2xPING", func(b *testing.B) { e.measure(b, e.pings) }},
-			benchCase{"reserve+capture", func(b *testing.B) { e.measure(b, e.reserveCapture) }})
+		benchratio.Pair(b,
+			benchratio.Case{Name: "baseline=2xPING", Run: func(b *testing.B) { e.measure(b, e.pings) }},
+			benchratio.Case{Name: "reserve+capture", Run: func(b *testing.B) { e.measure(b, e.reserveCapture) }})
 		e.checkSettled(b)
 	})
 	// Eight goroutines on two cores keep several commands in flight, so this
 	// measures what one Redis sustains rather than one caller's latency.
 	b.Run("parallel", func(b *testing.B) {
 		e := newBenchLedger(b)
-		benchPair(b,
-			benchCase{"baseline=2xPING", func(b *testing.B) { e.measureParallel(b, e.pings) }},
-			benchCase{"reserve+capture", func(b *testing.B) { e.measureParallel(b, e.reserveCapture) }})
+		benchratio.Pair(b,
+			benchratio.Case{Name: "baseline=2xPING", Run: func(b *testing.B) { e.measureParallel(b, e.pings) }},
+			benchratio.Case{Name: "reserve+capture", Run: func(b *testing.B) { e.measureParallel(b, e.reserveCapture) }})
 		e.checkSettled(b)
 	})
 }
@@ -56,7 +56,7 @@ func newBenchLedger(b *testing.B) *benchLedger {
 	e := &benchLedger{ctx: context.Background(), account: "bench-acct", start: 1_000_000 * money.MicrosPerDollar}
 	e.rdb = redis.NewClient(&redis.Options{Addr: redistest.Addr(b)})
 	b.Cleanup(func() { _ = e.rdb.Close() })
-	e.rdb.AddHook(cmdCounter{&e.cmds})
+	e.rdb.AddHook(benchratio.RoundTrips{N: &e.cmds})
 	l, err := ledger.New(e.rdb, ledger.Options{Prefix: redistest.Prefix(b)})
 	if err != nil {
 		b.Fatal(err)
@@ -134,54 +134,5 @@ func (e *benchLedger) checkSettled(b *testing.B) {
 	}
 	if want := e.start - money.Micros(e.debited.Load()); bal.Held != 0 || bal.Balance != want || e.debited.Load() == 0 {
 		b.Fatalf("after the benchmark: balance %s held %s, want balance %s held 0", bal.Balance, bal.Held, want)
-	}
-}
-
-type cmdCounter struct{ n *atomic.Int64 }
-
-func (cmdCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (c cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.n.Add(1) // one round trip for the whole pipeline
-		return next(ctx, cmds)
-	}
-}
-
-// benchCase is one side of a comparison.
-type benchCase struct {
-	name string
-	run  func(b *testing.B)
-}
-
-// benchPair runs baseline, then subject, as sub-benchmarks of b in the same
-// process, and reports subject ns/op ÷ baseline ns/op as "x-vs-baseline" on
-// the subject's line. Run alone (a -bench pattern that skips the baseline),
-// the subject reports no ratio. A summary line follows on stdout.
-func benchPair(b *testing.B, baseline, subject benchCase) {
-	b.Helper()
-	var baseNs, subjNs float64
-	b.Run(baseline.name, func(b *testing.B) {
-		baseline.run(b)
-		baseNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-	})
-	b.Run(subject.name, func(b *testing.B) {
-		subject.run(b)
-		subjNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-		if baseNs > 0 {
-			b.ReportMetric(subjNs/baseNs, "x-vs-baseline")
-		}
-	})
-	// Printed, not logged: a parent benchmark's log shows only under -v.
-	if baseNs > 0 && subjNs > 0 {
-		fmt.Printf("summary: %s: %s %.0f ns/op = %.2fx %s %.0f ns/op\n",
-			b.Name(), subject.name, subjNs, subjNs/baseNs, baseline.name, baseNs)
 	}
 }

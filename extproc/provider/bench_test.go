@@ -2,7 +2,7 @@ package provider_test
 
 import (
 	"bytes"
-	"fmt"
+	"github.com/creditgate/creditgate/test/benchratio"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -29,8 +29,8 @@ func BenchmarkStreamParse(b *testing.B) {
 	for _, name := range []string{"openai_chat_stream_cached", "openai_chat_stream_injected", "anthropic_stream"} {
 		b.Run(name, func(b *testing.B) {
 			s := loadBenchStream(b, name)
-			benchPair(b,
-				benchCase{"baseline=copy", func(b *testing.B) {
+			benchratio.Pair(b,
+				benchratio.Case{Name: "baseline=copy", Run: func(b *testing.B) {
 					var buf bytes.Buffer
 					buf.Grow(len(s.stream))
 					b.SetBytes(int64(len(s.stream)))
@@ -41,7 +41,7 @@ func BenchmarkStreamParse(b *testing.B) {
 						}
 					}
 				}},
-				benchCase{"feed+finish", func(b *testing.B) {
+				benchratio.Case{Name: "feed+finish", Run: func(b *testing.B) {
 					b.SetBytes(int64(len(s.stream)))
 					for b.Loop() {
 						p := provider.NewStreamParser(s.route, s.req)
@@ -195,35 +195,4 @@ func repeatDeltas(b *testing.B, stream []byte, reps int) []byte {
 	out = append(out, bytes.Join(evs[:first], nil)...)
 	out = append(out, bytes.Repeat(bytes.Join(evs[first:last+1], nil), reps)...)
 	return append(out, bytes.Join(evs[last+1:], nil)...)
-}
-
-// benchCase is one side of a comparison.
-type benchCase struct {
-	name string
-	run  func(b *testing.B)
-}
-
-// benchPair runs baseline, then subject, as sub-benchmarks of b in the same
-// process, and reports subject ns/op ÷ baseline ns/op as "x-vs-baseline" on
-// the subject's line. Run alone (a -bench pattern that skips the baseline),
-// the subject reports no ratio. A summary line follows on stdout.
-func benchPair(b *testing.B, baseline, subject benchCase) {
-	b.Helper()
-	var baseNs, subjNs float64
-	b.Run(baseline.name, func(b *testing.B) {
-		baseline.run(b)
-		baseNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-	})
-	b.Run(subject.name, func(b *testing.B) {
-		subject.run(b)
-		subjNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-		if baseNs > 0 {
-			b.ReportMetric(subjNs/baseNs, "x-vs-baseline")
-		}
-	})
-	// Printed, not logged: a parent benchmark's log shows only under -v.
-	if baseNs > 0 && subjNs > 0 {
-		fmt.Printf("summary: %s: %s %.0f ns/op = %.2fx %s %.0f ns/op\n",
-			b.Name(), subject.name, subjNs, subjNs/baseNs, baseline.name, baseNs)
-	}
 }

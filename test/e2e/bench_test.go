@@ -3,7 +3,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
-	"fmt"
+	"github.com/creditgate/creditgate/test/benchratio"
 	"io"
 	"log/slog"
 	"net"
@@ -17,7 +17,6 @@ import (
 
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	goredis "github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -50,9 +49,9 @@ func BenchmarkGateway(b *testing.B) {
 		{"chat_stream", `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say something short about credits."}],"max_tokens":50,"stream":true}`},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			benchPair(b,
-				benchCase{"baseline=ext_proc_disabled", func(b *testing.B) { g.measure(b, g.bypass, c.body, false) }},
-				benchCase{"creditgate", func(b *testing.B) { g.measure(b, g.metered, c.body, true) }})
+			benchratio.Pair(b,
+				benchratio.Case{Name: "baseline=ext_proc_disabled", Run: func(b *testing.B) { g.measure(b, g.bypass, c.body, false) }},
+				benchratio.Case{Name: "creditgate", Run: func(b *testing.B) { g.measure(b, g.metered, c.body, true) }})
 		})
 	}
 }
@@ -76,7 +75,7 @@ func newBenchGateway(b *testing.B) *benchGateway {
 	ctx := context.Background()
 	rdb := redistest.Client(b)
 	g := &benchGateway{ctx: ctx, obs: &countingObserver{outcomes: map[string]int64{}}}
-	rdb.AddHook(cmdCounter{&g.redisCmds})
+	rdb.AddHook(benchratio.RoundTrips{N: &g.redisCmds})
 	led, err := ledger.New(rdb, ledger.Options{Prefix: redistest.Prefix(b)})
 	if err != nil {
 		b.Fatal(err)
@@ -196,24 +195,6 @@ func (g *benchGateway) measure(b *testing.B, base, body string, metered bool) {
 	b.ReportMetric(float64(g.redisCmds.Load()-cmds)/float64(b.N), "redis-rt/op")
 }
 
-type cmdCounter struct{ n *atomic.Int64 }
-
-func (cmdCounter) DialHook(next goredis.DialHook) goredis.DialHook { return next }
-
-func (c cmdCounter) ProcessHook(next goredis.ProcessHook) goredis.ProcessHook {
-	return func(ctx context.Context, cmd goredis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c cmdCounter) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []goredis.Cmder) error {
-		c.n.Add(1) // one round trip for the whole pipeline
-		return next(ctx, cmds)
-	}
-}
-
 // countingObserver counts finished requests by outcome.
 type countingObserver struct {
 	extproc.NopObserver
@@ -269,35 +250,4 @@ func benchShippedFilter(b *testing.B) *extprocfilterv3.ExternalProcessor {
 		b.Fatalf("want one ext_proc filter in %s, got %d (%v)", envoy.BootstrapFile, len(fs), err)
 	}
 	return fs[0]
-}
-
-// benchCase is one side of a comparison.
-type benchCase struct {
-	name string
-	run  func(b *testing.B)
-}
-
-// benchPair runs baseline, then subject, as sub-benchmarks of b in the same
-// process, and reports subject ns/op ÷ baseline ns/op as "x-vs-baseline" on
-// the subject's line. Run alone (a -bench pattern that skips the baseline),
-// the subject reports no ratio. A summary line follows on stdout.
-func benchPair(b *testing.B, baseline, subject benchCase) {
-	b.Helper()
-	var baseNs, subjNs float64
-	b.Run(baseline.name, func(b *testing.B) {
-		baseline.run(b)
-		baseNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-	})
-	b.Run(subject.name, func(b *testing.B) {
-		subject.run(b)
-		subjNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
-		if baseNs > 0 {
-			b.ReportMetric(subjNs/baseNs, "x-vs-baseline")
-		}
-	})
-	// Printed, not logged: a parent benchmark's log shows only under -v.
-	if baseNs > 0 && subjNs > 0 {
-		fmt.Printf("summary: %s: %s %.0f ns/op = %.2fx %s %.0f ns/op\n",
-			b.Name(), subject.name, subjNs, subjNs/baseNs, baseline.name, baseNs)
-	}
 }
