@@ -44,6 +44,8 @@ type envConfig struct {
 	Passthrough []string
 	// Spool gives the server a real spool in a temp dir.
 	Spool bool
+	// FailOpen is the server's fail-open policy (default: fail closed).
+	FailOpen extproc.FailOpen
 	// Funds is testAccount's top-up (default $1).
 	Funds money.Micros
 	// HoldTTL and SweepLease shorten hold lifetimes for expiry tests.
@@ -82,7 +84,7 @@ func newEnv(t *testing.T, cfg envConfig) *env {
 	opt := extproc.Options{
 		Ledger: e.faults, Prices: cat, Identity: cfg.Identity, Passthrough: cfg.Passthrough,
 		Logger:   slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Observer: e.obs, HoldTTL: cfg.HoldTTL,
+		Observer: e.obs, HoldTTL: cfg.HoldTTL, FailOpen: cfg.FailOpen,
 	}
 	if cfg.Spool {
 		sp, err := spool.Open(filepath.Join(t.TempDir(), "settlements.spool"))
@@ -238,6 +240,11 @@ func (r *spoolRecorder) Capture(_ context.Context, req ledger.CaptureRequest) (l
 	return ledger.CaptureResult{}, ledger.ErrUnavailable
 }
 
+func (r *spoolRecorder) Charge(_ context.Context, req ledger.CaptureRequest) (ledger.CaptureResult, error) {
+	r.items = append(r.items, spool.Settlement{Charge: &req})
+	return ledger.CaptureResult{}, ledger.ErrUnavailable
+}
+
 func (r *spoolRecorder) Release(_ context.Context, account, id, reason string) (ledger.ReleaseResult, error) {
 	r.items = append(r.items, spool.Settlement{Release: &spool.Release{Account: account, RequestID: id, Reason: reason}})
 	return ledger.ReleaseResult{}, ledger.ErrUnavailable
@@ -282,7 +289,9 @@ func (f *faultLedger) enter(op string) (error, chan struct{}) {
 	switch op {
 	case "reserve":
 		return f.reserveErr, f.blockReserve
-	case "capture":
+	case "capture", "charge":
+		// A charge is the capture of a request admitted fail open: the
+		// same settlement fault applies.
 		return f.captureErr, nil
 	case "release":
 		return f.releaseErr, nil
@@ -308,6 +317,13 @@ func (f *faultLedger) Capture(ctx context.Context, req ledger.CaptureRequest) (l
 		return ledger.CaptureResult{}, err
 	}
 	return f.Ledger.Capture(ctx, req)
+}
+
+func (f *faultLedger) Charge(ctx context.Context, req ledger.CaptureRequest) (ledger.CaptureResult, error) {
+	if err, _ := f.enter("charge"); err != nil {
+		return ledger.CaptureResult{}, err
+	}
+	return f.Ledger.Charge(ctx, req)
 }
 
 func (f *faultLedger) Release(ctx context.Context, account, id, reason string) (ledger.ReleaseResult, error) {

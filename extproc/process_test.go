@@ -50,6 +50,10 @@ type processCase struct {
 		ProviderKeys map[string]string `json:"provider_keys"`
 		Passthrough  []string          `json:"passthrough"`
 		Spool        bool              `json:"spool"`
+		FailOpen     struct {
+			Routes     []string     `json:"routes"`
+			CreditLine money.Micros `json:"credit_line"`
+		} `json:"fail_open"`
 	} `json:"server"`
 	Funds  money.Micros `json:"funds"`
 	Faults struct {
@@ -101,6 +105,8 @@ type processWant struct {
 		Amount    string `json:"amount"`
 		Estimated bool   `json:"estimated"`
 		Model     string `json:"model"`
+		// Unreserved: charged without a hold (a fail-open admission).
+		Unreserved bool `json:"unreserved"`
 	} `json:"capture"`
 	// ReleaseReason is a substring of the release entry's reason.
 	ReleaseReason string `json:"release_reason"`
@@ -112,6 +118,9 @@ type processWant struct {
 	Spooled []string `json:"spooled"`
 	// Refused is the reason the sidecar refused the request, if it did.
 	Refused string `json:"refused"`
+	// Outcome, if set, is the one outcome the request was counted under
+	// (Observer.Request).
+	Outcome string `json:"outcome"`
 }
 
 func TestProcessScripts(t *testing.T) {
@@ -143,6 +152,7 @@ func runProcessCase(t *testing.T, file string) {
 		Identity: extproc.Identity{Sources: c.Server.Sources, Header: c.Server.Header,
 			Principals: c.Server.Principals, ProviderKeys: c.Server.ProviderKeys},
 		Passthrough: c.Server.Passthrough, Spool: c.Server.Spool, Funds: c.Funds,
+		FailOpen: extproc.FailOpen{Routes: c.Server.FailOpen.Routes, CreditLine: c.Server.FailOpen.CreditLine},
 	})
 	e.faults.inject(fault(t, c.Faults.Reserve), fault(t, c.Faults.Capture), fault(t, c.Faults.Release))
 
@@ -425,11 +435,18 @@ func checkMoney(t *testing.T, e *env, c processCase) {
 			spooled = append(spooled, "capture")
 		case s.Release != nil:
 			spooled = append(spooled, "release")
+		case s.Charge != nil:
+			spooled = append(spooled, "charge")
 		}
 	}
 	sort.Strings(spooled)
 	if fmt.Sprint(spooled) != fmt.Sprint(w.Spooled) {
 		t.Errorf("spooled %v, want %v", spooled, w.Spooled)
+	}
+	if w.Outcome != "" {
+		if o := e.obs.outcomes(); o[w.Outcome] != 1 || len(o) != 1 {
+			t.Errorf("outcomes %v, want one %q", o, w.Outcome)
+		}
 	}
 	held := e.balance().Held
 	if w.HoldOpen != (held != 0) {
@@ -465,9 +482,10 @@ func checkEntries(t *testing.T, e *env, c processCase, es []ledger.Entry) {
 			t.Errorf("unexpected capture %+v", en)
 		case en.Type == "capture":
 			want := expectedAmount(t, e, c, en)
-			if en.Amount != want || en.Estimated != w.Capture.Estimated || (w.Capture.Model != "" && en.Model != w.Capture.Model) {
-				t.Errorf("capture %s estimated=%v model=%q, want %s estimated=%v model=%q",
-					en.Amount, en.Estimated, en.Model, want, w.Capture.Estimated, w.Capture.Model)
+			if en.Amount != want || en.Estimated != w.Capture.Estimated || (w.Capture.Model != "" && en.Model != w.Capture.Model) ||
+				en.Unreserved != w.Capture.Unreserved {
+				t.Errorf("capture %s estimated=%v model=%q unreserved=%v, want %s estimated=%v model=%q unreserved=%v",
+					en.Amount, en.Estimated, en.Model, en.Unreserved, want, w.Capture.Estimated, w.Capture.Model, w.Capture.Unreserved)
 			}
 		case en.Type == "release" && (w.ReleaseReason == "" || !strings.Contains(en.Reason, w.ReleaseReason)):
 			t.Errorf("release reason %q, want it to contain %q", en.Reason, w.ReleaseReason)

@@ -27,6 +27,7 @@ import (
 
 	"github.com/creditgate/creditgate/extproc/provider"
 	"github.com/creditgate/creditgate/ledger"
+	"github.com/creditgate/creditgate/ledger/money"
 	"github.com/creditgate/creditgate/ledger/pricing"
 	"github.com/creditgate/creditgate/ledger/spool"
 )
@@ -35,6 +36,7 @@ import (
 type Ledger interface {
 	Reserve(ctx context.Context, req ledger.ReserveRequest) (ledger.Hold, error)
 	Capture(ctx context.Context, req ledger.CaptureRequest) (ledger.CaptureResult, error)
+	Charge(ctx context.Context, req ledger.CaptureRequest) (ledger.CaptureResult, error)
 	Release(ctx context.Context, account, requestID, reason string) (ledger.ReleaseResult, error)
 	Extend(ctx context.Context, account, requestID string, deadline time.Time) (bool, error)
 	AccountForKey(ctx context.Context, keyHash string) (string, error)
@@ -55,6 +57,10 @@ type Options struct {
 	// Passthrough lists requests let through unmetered (the payer must still
 	// be known): "/v1/models" (any host) or "api.openai.com/v1/files".
 	Passthrough []string
+	// FailOpen lists the routes admitted without a hold when the ledger is
+	// unreachable at the reserve (design-notes §6); every other route fails
+	// closed with a 503.
+	FailOpen FailOpen
 	// HoldTTL bounds a request's hold; the sweeper frees it afterwards
 	// (default 10 minutes, longer than any sane LLM call).
 	HoldTTL time.Duration
@@ -85,12 +91,32 @@ type Options struct {
 	Observer Observer
 }
 
+// FailOpen is the per-route policy for a ledger outage at the reserve. A
+// request on a listed route is let through without a hold as long as its
+// account's estimates admitted this way by this sidecar, since Redis last
+// answered a reserve for the account, stay within CreditLine; its cost is
+// debited with Ledger.Charge (spooled while Redis is down). The zero value
+// fails closed everywhere.
+type FailOpen struct {
+	// Routes use Passthrough's syntax: "/v1/chat/completions" (any host) or
+	// "api.openai.com/v1/" (host and path prefix).
+	Routes []string
+	// CreditLine bounds, per account and per sidecar, what may be spent
+	// without a hold; the balance can end this far below zero.
+	CreditLine money.Micros
+}
+
 // Server implements the ExternalProcessor service.
 type Server struct {
 	extprocv3.UnimplementedExternalProcessorServer
 	opt      Options
 	keys     *keyCache
 	settling sync.WaitGroup
+
+	// exposure is, per account, the estimates admitted fail open since
+	// Redis last answered a reserve for it.
+	mu       sync.Mutex
+	exposure map[string]money.Micros
 }
 
 // NewServer validates opts and builds a Server.
@@ -110,6 +136,14 @@ func NewServer(opt Options) (*Server, error) {
 	}
 	if err := opt.Detector.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if opt.FailOpen.CreditLine < 0 {
+		errs = append(errs, fmt.Errorf("extproc: fail-open credit line %s is negative", opt.FailOpen.CreditLine))
+	}
+	for _, r := range opt.FailOpen.Routes {
+		if strings.TrimSpace(r) == "" {
+			errs = append(errs, errors.New("extproc: a fail-open route is empty (it would match every request)"))
+		}
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -138,7 +172,7 @@ func NewServer(opt Options) (*Server, error) {
 	if opt.KeyCacheTTL == 0 {
 		opt.KeyCacheTTL = 10 * time.Second
 	}
-	return &Server{opt: opt, keys: newKeyCache(opt.KeyCacheTTL, opt.Clock)}, nil
+	return &Server{opt: opt, keys: newKeyCache(opt.KeyCacheTTL, opt.Clock), exposure: map[string]money.Micros{}}, nil
 }
 
 // Process runs one ext_proc stream: one HTTP request through Envoy.
@@ -196,8 +230,40 @@ func (s *Server) Drain(ctx context.Context) error {
 }
 
 func (s *Server) passthrough(host, path string) bool {
+	return matchRoute(s.opt.Passthrough, host, path)
+}
+
+// failOpen reports whether a request to host+path fails open.
+func (s *Server) failOpen(host, path string) bool {
+	return matchRoute(s.opt.FailOpen.Routes, host, path)
+}
+
+// admitFailOpen adds est to the account's exposure if that stays within the
+// credit line, and reports whether it did.
+func (s *Server) admitFailOpen(account string, est money.Micros) (bool, money.Micros) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := s.exposure[account] + est
+	if next > s.opt.FailOpen.CreditLine {
+		return false, s.exposure[account]
+	}
+	s.exposure[account] = next
+	return true, next
+}
+
+// ledgerAnswered resets an account's exposure: Redis answered a reserve for
+// it, so holds bound its spending again and the spool is replaying.
+func (s *Server) ledgerAnswered(account string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.exposure, account)
+}
+
+// matchRoute matches "/path-prefix" (any host) or "host/path-prefix"
+// entries; the query is ignored.
+func matchRoute(routes []string, host, path string) bool {
 	p, _, _ := strings.Cut(path, "?")
-	for _, e := range s.opt.Passthrough {
+	for _, e := range routes {
 		if strings.HasPrefix(e, "/") {
 			if strings.HasPrefix(p, e) {
 				return true

@@ -57,6 +57,9 @@ type stream struct {
 	reqBody   []byte
 
 	reserved       bool
+	failOpen       bool         // admitted without a hold: the ledger was unreachable (Options.FailOpen)
+	estimate       money.Micros // the worst-case cost reserved, or admitted fail open
+	host, path     string
 	forwarded      bool   // the request-body reply that lets the request go upstream was sent
 	answered       string // the model that answered, once known
 	extendAt       time.Time
@@ -180,6 +183,7 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 	if i := strings.LastIndexByte(host, ':'); i > 0 && !strings.Contains(host[i:], "]") {
 		host = host[:i]
 	}
+	st.host, st.path = host, path
 	st.passthrough = rerr != nil && st.s.passthrough(host, path)
 
 	ictx, icancel := st.callContext()
@@ -287,6 +291,7 @@ func (st *stream) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResp
 	}
 	st.row = row
 	est := row.Estimate(req.EstInputTokens, req.MaxOutputTokens)
+	st.estimate = est
 	t0 := time.Now()
 	rctx, rcancel := st.callContext()
 	defer rcancel()
@@ -296,6 +301,9 @@ func (st *stream) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResp
 	})
 	st.s.opt.Observer.ReserveLatency(time.Since(t0))
 	var ins *ledger.InsufficientFundsError
+	if err == nil || errors.As(err, &ins) {
+		st.s.ledgerAnswered(st.account)
+	}
 	switch {
 	case errors.As(err, &ins):
 		return st.refuseFunds(ins, est)
@@ -305,6 +313,11 @@ func (st *stream) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResp
 	case err != nil:
 		st.log.Error("reserve failed", "err", err)
 		st.s.opt.Observer.LedgerError("reserve")
+		if st.admitFailOpen(err, est) {
+			// No release is spooled: if the hold landed after all, Charge
+			// captures it at settlement.
+			return st.forward(req)
+		}
 		// The outcome is unknown: the hold may have landed before the error.
 		// The request is refused, so release it when Redis is back instead
 		// of blocking the funds until the hold expires (a release of a hold
@@ -316,6 +329,38 @@ func (st *stream) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResp
 	st.reserved, st.hold = true, hold
 	st.s.opt.Observer.Holding(int64(hold.Amount))
 	st.log.Debug("reserved", "estimate", est.String())
+	return st.forward(req)
+}
+
+// admitFailOpen lets a request through without a hold when the ledger is
+// unreachable, its route fails open and its account's credit line has room
+// (design-notes §6). It reports whether it did.
+func (st *stream) admitFailOpen(err error, est money.Micros) bool {
+	if !errors.Is(err, ledger.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	if !st.s.failOpen(st.host, st.path) {
+		return false
+	}
+	ok, exposure := st.s.admitFailOpen(st.account, est)
+	if !ok {
+		st.log.Warn("ledger unavailable and the fail-open credit line is used up; failing closed",
+			"estimate", est.String(), "exposure", exposure.String(), "credit_line", st.s.opt.FailOpen.CreditLine.String())
+		return false
+	}
+	st.failOpen = true
+	st.log.Warn("ledger unavailable; admitted fail open without a hold", "err", err,
+		"estimate", est.String(), "exposure", exposure.String(), "credit_line", st.s.opt.FailOpen.CreditLine.String())
+	return true
+}
+
+// metered reports whether the request went on with money behind it: a hold,
+// or a fail-open admission to be charged at settlement.
+func (st *stream) metered() bool { return st.reserved || st.failOpen }
+
+// forward lets an admitted request go upstream, with its body rewritten
+// when the provider parser changed it.
+func (st *stream) forward(req provider.Request) *extprocv3.ProcessingResponse {
 	if req.Body == nil {
 		return requestBodyReply(nil, nil)
 	}
@@ -344,7 +389,7 @@ func (st *stream) refuseFunds(ins *ledger.InsufficientFundsError, est money.Micr
 func (st *stream) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.ProcessingResponse {
 	hd := headersFrom(h.GetHeaders())
 	st.status, _ = strconv.Atoi(hd.get(":status"))
-	if st.passthrough || !st.reserved {
+	if st.passthrough || !st.metered() {
 		st.phase = phaseDone
 		return responseHeadersReply(nil, nil, nil)
 	}
@@ -358,8 +403,12 @@ func (st *stream) onResponseHeaders(h *extprocv3.HttpHeaders) *extprocv3.Process
 			m.setHeader("x-creditgate-balance", r.Balance.String())
 		}
 		st.phase = phaseDone
+		outcome := "released"
+		if st.failOpen {
+			outcome = "not_charged"
+		}
 		return responseHeadersReply(m, modeOverride(st.reqBodyMode, extprocfilterv3.ProcessingMode_NONE),
-			st.metadata("released", 0, false))
+			st.metadata(outcome, 0, false))
 	}
 	st.encoding = strings.ToLower(strings.TrimSpace(hd.get("content-encoding")))
 	if st.encoding == "identity" {
@@ -513,7 +562,7 @@ func (st *stream) settleStream(atEnd bool) []byte {
 // reported an error and no usage. It is the only place money moves after
 // the reserve, and it runs exactly once per stream.
 func (st *stream) settle(res provider.Result, why string) *ledger.CaptureResult {
-	if st.settled || !st.reserved {
+	if st.settled || !st.metered() {
 		return nil
 	}
 	st.markSettled()
@@ -536,7 +585,7 @@ func (st *stream) settle(res provider.Result, why string) *ledger.CaptureResult 
 	if err != nil {
 		// An impossible usage (overflow): charge the hold rather than lose it.
 		st.log.Error("cost overflow; charging the hold", "err", err)
-		cost, estimated = money.Pico(st.hold.Amount)*money.PicoPerMicro, true
+		cost, estimated = money.Pico(st.estimate)*money.PicoPerMicro, true
 	}
 	uj, _ := json.Marshal(usage)
 	ctx, cancel := st.settleContext()
@@ -546,20 +595,31 @@ func (st *stream) settle(res provider.Result, why string) *ledger.CaptureResult 
 		Account: st.account, RequestID: st.requestID, Cost: cost, Provider: st.route.Provider, Model: res.Model,
 		PriceRow: row.ID, Usage: string(uj), Estimated: estimated, Time: st.s.opt.Clock(),
 	}
-	r, err := st.s.opt.Ledger.Capture(ctx, capReq)
+	op, call, item := "capture", st.s.opt.Ledger.Capture, spool.Settlement{Capture: &capReq}
+	if st.failOpen {
+		// No hold: debit the cost outright (Ledger.Charge).
+		op, call, item = "charge", st.s.opt.Ledger.Charge, spool.Settlement{Charge: &capReq}
+	}
+	r, err := call(ctx, capReq)
 	st.s.opt.Observer.CaptureLatency(time.Since(t0))
 	if err != nil {
-		st.s.opt.Observer.LedgerError("capture")
+		st.s.opt.Observer.LedgerError(op)
 		st.s.opt.Observer.Request(st.route.Provider, res.Model, "error")
-		if st.spool(spool.Settlement{Capture: &capReq}, err) {
-			st.log.Warn("capture could not reach the ledger; spooled for replay", "err", err, "cost", cost.String())
-		} else {
+		switch {
+		case st.spool(item, err):
+			st.log.Warn(op+" could not reach the ledger; spooled for replay", "err", err, "cost", cost.String())
+		case st.failOpen:
+			st.log.Error("charge of a fail-open request failed; its cost is not debited", "err", err, "cost", cost.String())
+		default:
 			st.log.Error("capture failed; the hold stays until it expires", "err", err, "cost", cost.String())
 		}
 		return nil
 	}
 	outcome := "charged"
-	if estimated {
+	switch {
+	case st.failOpen:
+		outcome = "fail_open"
+	case estimated:
 		outcome = "estimated"
 	}
 	st.s.opt.Observer.Request(st.route.Provider, res.Model, outcome)
@@ -581,11 +641,19 @@ func (st *stream) markSettled() {
 		return
 	}
 	st.settled = true
-	st.s.opt.Observer.Holding(-int64(st.hold.Amount))
+	if st.reserved {
+		st.s.opt.Observer.Holding(-int64(st.hold.Amount))
+	}
 }
 
 func (st *stream) release(reason string) *ledger.ReleaseResult {
 	st.markSettled()
+	if st.failOpen {
+		// Admitted without a hold: nothing to release and nothing to charge.
+		st.s.opt.Observer.Request(st.route.Provider, st.req.Model, "fail_open")
+		st.log.Info("fail-open request not charged", "reason", reason)
+		return nil
+	}
 	ctx, cancel := st.settleContext()
 	defer cancel()
 	r, err := st.s.opt.Ledger.Release(ctx, st.account, st.requestID, reason)
@@ -645,6 +713,9 @@ func (st *stream) metadata(outcome string, cost money.Micros, estimated bool) *s
 		"account": st.account, "request_id": st.requestID, "provider": st.route.Provider, "model": st.answeredModel(),
 		"outcome": outcome, "cost_usd": cost.String(), "estimated": estimated,
 	}
+	if st.failOpen {
+		f["fail_open"] = true
+	}
 	if st.captured != nil {
 		f["balance_usd"] = st.captured.Balance.String()
 	}
@@ -688,7 +759,7 @@ func (st *stream) keepHoldAlive() {
 
 // sent records a reply that reached Envoy.
 func (st *stream) sent(resp *extprocv3.ProcessingResponse) {
-	if resp.GetRequestBody() != nil && st.reserved {
+	if resp.GetRequestBody() != nil && st.metered() {
 		st.forwarded = true
 	}
 }
@@ -697,7 +768,7 @@ func (st *stream) sent(resp *extprocv3.ProcessingResponse) {
 // but did not settle (client abort, reset, shutdown, trailers never seen) is
 // settled now on the best knowledge and flagged estimated (design-notes §4.5).
 func (st *stream) finish() {
-	if !st.reserved || st.settled {
+	if !st.metered() || st.settled {
 		return
 	}
 	switch {

@@ -47,7 +47,8 @@ func parseEntry(m redis.XMessage) Entry {
 	e := Entry{ID: m.ID, Seq: n("seq"), Type: f("type"), Amount: money.Micros(n("amount")),
 		Balance: money.Micros(n("bal")), Held: money.Micros(n("held")), Ref: f("ref"), Provider: f("provider"),
 		Model: f("model"), Usage: f("usage"), PriceRow: f("row"), Carry: n("carry"), Estimated: f("estimated") == "1",
-		Late: f("late") == "1", Reason: f("reason"), TimeMs: n("ts"), HoldAmount: money.Micros(n("hold"))}
+		Late: f("late") == "1", Reason: f("reason"), TimeMs: n("ts"), HoldAmount: money.Micros(n("hold")),
+		Unreserved: f("unreserved") == "1"}
 	if c := f("cost"); c != "" {
 		whole, frac, _ := strings.Cut(c, ".")
 		w, _ := strconv.ParseInt(whole, 10, 64)
@@ -131,6 +132,11 @@ func (l *Ledger) AuditAccount(ctx context.Context, account string) (AccountAudit
 				bal -= e.Amount
 				if !e.Late {
 					held -= e.HoldAmount
+				}
+				if _, reserved := holds[e.Ref]; e.Unreserved && (reserved || e.HoldAmount != 0 || e.Late) {
+					// Charge captures against a hold when one exists; an
+					// unreserved capture beside a hold would leave it unpaid.
+					a.Problems = append(a.Problems, fmt.Sprintf("entry %s: unreserved capture of request %s, which has a hold", e.ID, e.Ref))
 				}
 				if prev, ok := ended[e.Ref]; ok && !(prev == "expire" && e.Late) {
 					a.Problems = append(a.Problems, fmt.Sprintf("entry %s: request %s captured after %s", e.ID, e.Ref, prev))

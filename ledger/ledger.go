@@ -88,7 +88,7 @@ type Ledger struct {
 	scripts map[string]*redis.Script
 }
 
-var scriptNames = []string{"create", "topup", "reserve", "capture", "release", "expire", "adjust", "extend"}
+var scriptNames = []string{"create", "topup", "reserve", "capture", "charge", "release", "expire", "adjust", "extend"}
 
 // New builds a Ledger. It does not touch Redis; call Load to preload scripts.
 func New(rdb redis.UniversalClient, opt Options) (*Ledger, error) {
@@ -375,6 +375,40 @@ func (l *Ledger) Capture(ctx context.Context, req CaptureRequest) (CaptureResult
 		l.opt.Retention.Milliseconds())
 	if err != nil {
 		return CaptureResult{}, err
+	}
+	return CaptureResult{Account: req.Account, RequestID: req.RequestID, Debited: mic(res[0]), CarryPico: i64(res[1]),
+		Balance: mic(res[2]), Held: mic(res[3]), Late: i64(res[4]) == 1, Replayed: i64(res[5]) == 1}, nil
+}
+
+// Charge debits the exact cost of a request admitted without a hold (fail
+// open: Redis was unreachable at the reserve), with capture's carry rule.
+// Nothing was held, so the balance may go below zero; the sidecar's
+// per-account credit line bounds by how much. Journaled as a capture with
+// unreserved=1. Idempotent on the request id, sharing capture's request
+// record: a replay returns the first result. If a hold for the id exists
+// after all (the reserve that timed out had landed), the request is
+// captured against that hold instead, so the hold does not expire unpaid.
+func (l *Ledger) Charge(ctx context.Context, req CaptureRequest) (CaptureResult, error) {
+	if err := errors.Join(checkID("account", req.Account), checkID("request id", req.RequestID)); err != nil {
+		return CaptureResult{}, err
+	}
+	micros, rem := req.Cost.Split()
+	if req.Cost < 0 || micros > money.MaxExactLua {
+		return CaptureResult{}, fmt.Errorf("%w: cost %s out of range", ErrInvalid, req.Cost)
+	}
+	est := "0"
+	if req.Estimated {
+		est = "1"
+	}
+	k := l.keys(req.Account)
+	res, err := l.run(ctx, "charge", []string{k.acct, k.journal, k.req(req.RequestID)},
+		req.RequestID, int64(micros), rem, l.now(req.Time), req.Provider, req.Model, req.Usage, req.PriceRow, est,
+		l.opt.Retention.Milliseconds())
+	if err != nil {
+		return CaptureResult{}, err
+	}
+	if str(res[0]) == "held" {
+		return l.Capture(ctx, req)
 	}
 	return CaptureResult{Account: req.Account, RequestID: req.RequestID, Debited: mic(res[0]), CarryPico: i64(res[1]),
 		Balance: mic(res[2]), Held: mic(res[3]), Late: i64(res[4]) == 1, Replayed: i64(res[5]) == 1}, nil

@@ -314,13 +314,20 @@ func checkJournal(entries []ledger.Entry, b ledger.Balance, final bool) (journal
 			}
 		case "capture":
 			switch st := s.state[e.Ref]; {
-			case st == "open" && !e.Late:
+			case st == "open" && !e.Late && !e.Unreserved:
 				if e.HoldAmount != s.holds[e.Ref] {
 					bad(e, "capture ended hold %s, reserve held %s", e.HoldAmount, s.holds[e.Ref])
 				}
 				held -= e.HoldAmount
 				s.excess += max(0, e.Amount-e.HoldAmount)
-			case st == "expired" && e.Late:
+			case st == "" && e.Unreserved && !e.Late:
+				if e.HoldAmount != 0 {
+					bad(e, "unreserved capture claims to end hold %s", e.HoldAmount)
+				}
+				// Charge: admitted without a hold (fail open), so all of its
+				// debit is beyond any hold; the sidecar's credit line bounds it.
+				s.excess += e.Amount
+			case st == "expired" && e.Late && !e.Unreserved:
 				if e.HoldAmount != 0 {
 					bad(e, "late capture claims to end hold %s", e.HoldAmount)
 				}
@@ -821,6 +828,10 @@ func TestPropertyCheckerCatchesBrokenJournals(t *testing.T) {
 			ledger.Balance{Balance: -3, Available: -3}, false},
 		{"hold never ended", ok[:4], ledger.Balance{Balance: 10, Held: 4, Available: 6}, true},
 		{"seq gap", edit(func(j []ledger.Entry) []ledger.Entry { j[4].Seq = 7; return j }), okBal, false},
+		{"unreserved capture of a reserved request", edit(func(j []ledger.Entry) []ledger.Entry { j[4].Unreserved = true; return j }), okBal, false},
+		{"capture with no reserve, not marked unreserved", edit(func(j []ledger.Entry) []ledger.Entry {
+			return append(j, ledger.Entry{Seq: 6, Type: "capture", Amount: 1, Balance: 4, Ref: "u", CostPico: 999_999, Carry: 0})
+		}), ledger.Balance{Balance: 4, Available: 4}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, probs := checkJournal(tc.j, tc.b, tc.final); len(probs) == 0 {

@@ -173,4 +173,7 @@ type Entry struct {
 	// HoldAmount is, on a capture, the hold it ended (0 on a late capture
 	// whose hold had already expired).
 	HoldAmount money.Micros `json:"hold,omitempty"`
+	// Unreserved marks a capture made by Charge for a request admitted
+	// without a hold (fail open); it ends no hold.
+	Unreserved bool `json:"unreserved,omitempty"`
 }

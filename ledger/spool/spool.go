@@ -22,12 +22,16 @@ import (
 // Ledger is what replay needs.
 type Ledger interface {
 	Capture(ctx context.Context, req ledger.CaptureRequest) (ledger.CaptureResult, error)
+	Charge(ctx context.Context, req ledger.CaptureRequest) (ledger.CaptureResult, error)
 	Release(ctx context.Context, account, requestID, reason string) (ledger.ReleaseResult, error)
 }
 
-// Settlement is one pending capture or release.
+// Settlement is one pending capture, charge or release.
 type Settlement struct {
 	Capture *ledger.CaptureRequest `json:"capture,omitempty"`
+	// Charge is the settlement of a request admitted without a hold (fail
+	// open), replayed with Ledger.Charge.
+	Charge  *ledger.CaptureRequest `json:"charge,omitempty"`
 	Release *Release               `json:"release,omitempty"`
 }
 
@@ -133,6 +137,8 @@ func (s *Spool) Replay(ctx context.Context, l Ledger, onPermanent func(Settlemen
 		switch {
 		case st.Capture != nil:
 			_, err = l.Capture(ctx, *st.Capture)
+		case st.Charge != nil:
+			_, err = l.Charge(ctx, *st.Charge)
 		case st.Release != nil:
 			_, err = l.Release(ctx, st.Release.Account, st.Release.RequestID, st.Release.Reason)
 		}
