@@ -76,6 +76,14 @@ type Config struct {
 		Passthrough []string          `json:"passthrough"`
 	} `json:"providers"`
 
+	// FailOpen lists the routes that go on without a hold while Redis is
+	// unreachable, each account's spending that way bounded by CreditLine
+	// per sidecar (design-notes §6). No routes: fail closed (503) everywhere.
+	FailOpen struct {
+		Routes     []string     `json:"routes"`
+		CreditLine money.Micros `json:"credit_line"`
+	} `json:"fail_open"`
+
 	Prices struct {
 		// Catalog is a price catalog file; empty uses the embedded default.
 		Catalog        string   `json:"catalog"`
@@ -216,6 +224,14 @@ func (c Config) Validate() error {
 	}
 	if err := c.Identity.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.FailOpen.CreditLine < 0 {
+		errs = append(errs, fmt.Errorf("fail_open.credit_line %s must not be negative", c.FailOpen.CreditLine))
+	}
+	for i, r := range c.FailOpen.Routes {
+		if strings.TrimSpace(r) == "" {
+			errs = append(errs, fmt.Errorf("fail_open.routes[%d] is empty: it would match every request", i))
+		}
 	}
 	// extproc.NewServer checks this too, but only after the rest passed.
 	if err := (&provider.Detector{Hosts: c.Providers.Hosts}).Validate(); err != nil {

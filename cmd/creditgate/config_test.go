@@ -158,6 +158,12 @@ func TestValidateListsEveryError(t *testing.T) {
 		{"negative key cache ttl", func(c *Config) { c.KeyCacheTTL = Duration{-time.Second} }, []string{"key_cache_ttl"}},
 		{"no identity source", func(c *Config) { c.Identity.Sources = nil }, []string{"at least one source"}},
 		{"unknown identity source", func(c *Config) { c.Identity.Sources = []string{"cookie"} }, []string{`unknown source "cookie"`}},
+		{"fail open", func(c *Config) {
+			c.FailOpen.Routes, c.FailOpen.CreditLine = []string{"/v1/chat/completions", "api.openai.com/v1/"}, 5_000_000
+		}, nil},
+		{"fail open with a negative credit line and an empty route", func(c *Config) {
+			c.FailOpen.Routes, c.FailOpen.CreditLine = []string{"/v1/", ""}, -1
+		}, []string{"fail_open.credit_line -0.000001 must not be negative", "fail_open.routes[1] is empty"}},
 		{"provider host with port", func(c *Config) { c.Providers.Hosts = map[string]string{"llm.internal:8080": "openai"} }, []string{"providers.hosts"}},
 		{"provider host to unknown provider", func(c *Config) { c.Providers.Hosts = map[string]string{"llm.internal": "acme"} }, []string{"providers.hosts"}},
 	}

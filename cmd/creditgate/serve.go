@@ -146,6 +146,10 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 		Passthrough: cfg.Providers.Passthrough, HoldTTL: cfg.Ledger.HoldTTL.Duration,
 		Logger: log, Clock: clock, Observer: metrics, KeyCacheTTL: cfg.KeyCacheTTL.Duration,
 		LedgerTimeout: cfg.Ledger.CallTimeout.Duration,
+		FailOpen:      extproc.FailOpen{Routes: cfg.FailOpen.Routes, CreditLine: cfg.FailOpen.CreditLine},
+	}
+	if len(cfg.FailOpen.Routes) > 0 && sp == nil {
+		log.Warn("fail_open.routes is set without ledger.spool_path: a fail-open request whose charge cannot reach Redis is not charged")
 	}
 	if epOpt.KeyCacheTTL == 0 {
 		epOpt.KeyCacheTTL = -1 // 0s in the config means off
