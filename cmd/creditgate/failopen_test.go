@@ -31,6 +31,13 @@ func TestServeFailOpen(t *testing.T) {
 	cfg.FailOpen.Routes = []string{"/v1/chat/completions"}
 	cfg.FailOpen.CreditLine = 1_000_000
 	ts := startServe(t, cfg, nil)
+	// Degraded, not unready: Redis is shared, so pulling every sidecar out
+	// of rotation would stop the fail-open routes too.
+	for _, p := range []string{"/readyz", "/healthz"} {
+		if code, body := ts.get(p); code != http.StatusOK {
+			t.Errorf("%s with fail-open routes and Redis down = %d %q, want 200", p, code, body)
+		}
+	}
 	up := fakeprovider.NewDemo()
 	front := frontProxy(t, ts, up)
 

@@ -192,13 +192,18 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 	// Both endpoints fail while the ledger path fails (a sidecar that cannot
 	// reach Redis refuses paid traffic, so it should get none) and flip to
 	// 503 on SIGTERM before draining. /readyz also names the catalog version.
+	// With fail-open routes configured, a Redis outage degrades the sidecar
+	// but does not make it unready: Redis is shared by every sidecar, so
+	// pulling all of them out of rotation would also stop the routes that
+	// are meant to keep working.
+	failOpen := len(cfg.FailOpen.Routes) > 0
 	ledgerOK := func(r *http.Request) error {
 		if draining.Load() {
 			return errors.New("draining")
 		}
 		pctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
-		if err := led.Ping(pctx); err != nil {
+		if err := led.Ping(pctx); err != nil && !failOpen {
 			return fmt.Errorf("ledger unavailable: %w", err)
 		}
 		return nil
@@ -243,7 +248,7 @@ func serve(ctx context.Context, cfg Config, log *slog.Logger, rdb redis.Universa
 				continue
 			}
 			st := healthpb.HealthCheckResponse_SERVING
-			if err != nil {
+			if err != nil && !failOpen {
 				st = healthpb.HealthCheckResponse_NOT_SERVING
 			}
 			hs.SetServingStatus("", st)

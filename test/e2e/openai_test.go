@@ -70,19 +70,19 @@ func TestOpenAIChatChargedExactly(t *testing.T) {
 		!strings.HasPrefix(c.PriceRow, "openai/gpt-4o-mini@") || gjson.Get(c.Usage, "input_tokens").Int() != resp.Usage.PromptTokens {
 		t.Fatalf("capture entry %+v, want exact cost %s", c, cost)
 	}
-	// Envoy's access log sees the cost as dynamic metadata.
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	found := false
-	for _, m := range h.metadata {
-		cg := m.GetFields()["creditgate"].GetStructValue().GetFields()
-		if cg["cost_usd"].GetStringValue() == debit.String() && cg["account"].GetStringValue() == account {
-			found = true
+	// Envoy's access log sees the cost as dynamic metadata. The emulator may
+	// record it just after the client got its response, so wait for it.
+	h.waitFor("dynamic metadata with the cost", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, m := range h.metadata {
+			cg := m.GetFields()["creditgate"].GetStructValue().GetFields()
+			if cg["cost_usd"].GetStringValue() == debit.String() && cg["account"].GetStringValue() == account {
+				return true
+			}
 		}
-	}
-	if !found {
-		t.Errorf("no dynamic metadata with the cost; got %v", h.metadata)
-	}
+		return false
+	})
 	h.audit()
 }
 
