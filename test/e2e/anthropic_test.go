@@ -74,6 +74,7 @@ func TestAnthropicStreamChargedExactly(t *testing.T) {
 	if err := stream.Err(); err != nil {
 		t.Fatal(err)
 	}
+	h.settled(1)
 	// message_start carries the input side, message_delta the cumulative
 	// output: overlaid, never added (design-notes §5).
 	u := acc.Usage
@@ -109,6 +110,7 @@ func TestAnthropicCacheTokensNotDoubleCharged(t *testing.T) {
 	if err := stream.Err(); err != nil {
 		t.Fatal(err)
 	}
+	h.settled(1)
 	golden := readGoldenUsage(t, "anthropic_stream.golden.json")
 	c := h.entries("capture")
 	if len(c) != 1 || c[0].Estimated {

@@ -8,6 +8,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http/httptest"
@@ -234,6 +235,14 @@ func (h *harness) waitFor(what string, cond func() bool) {
 			h.t.Fatalf("timed out waiting for %s", what)
 		}
 	}
+}
+
+// settled waits for n captures: a streaming SDK returns once it has read
+// the provider's last event, which can be before the sidecar has seen the
+// end of the stream and captured.
+func (h *harness) settled(n int) {
+	h.t.Helper()
+	h.waitFor(fmt.Sprintf("%d capture(s)", n), func() bool { return len(h.entries("capture")) >= n })
 }
 
 func (h *harness) audit() {

@@ -104,6 +104,7 @@ func TestOpenAIStreamInjectsAndHidesUsage(t *testing.T) {
 	if err := stream.Err(); err != nil {
 		t.Fatal(err)
 	}
+	h.settled(1)
 	if chunks < 3 || text.Len() == 0 {
 		t.Fatalf("stream too short: %d chunks, %q", chunks, text.String())
 	}
