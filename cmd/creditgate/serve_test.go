@@ -560,9 +560,12 @@ func TestServeMetricValues(t *testing.T) {
 			return get("creditgate_estimated_settlements_total", nil)
 		}
 		var after func(string, map[string]string) float64
+		estReq := map[string]string{"provider": "openai", "outcome": "estimated"}
 		waitFor(t, "an estimated settlement after the client abort", func() bool {
+			// A scrape is not atomic across metrics: wait until both counters
+			// the settlement bumps are visible.
 			after = metricSnapshot(t, ts)
-			return estimated(after) > estimated(before)
+			return estimated(after) > estimated(before) && after("creditgate_requests_total", estReq) > before("creditgate_requests_total", estReq)
 		})
 		for _, c := range []struct {
 			name   string
