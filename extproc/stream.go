@@ -648,15 +648,20 @@ func (st *stream) markSettled() {
 
 func (st *stream) release(reason string) *ledger.ReleaseResult {
 	st.markSettled()
-	if st.failOpen {
-		// Admitted without a hold: nothing to release and nothing to charge.
+	ctx, cancel := st.settleContext()
+	defer cancel()
+	r, err := st.s.opt.Ledger.Release(ctx, st.account, st.requestID, reason)
+	if st.failOpen && (err == nil || errors.Is(err, ledger.ErrNoHold) || errors.Is(err, ledger.ErrUnavailable)) {
+		// Admitted without a hold: nothing to charge. The reserve that timed
+		// out may have landed after all, so its hold is released too — now,
+		// or from the spool (where a hold that never landed replays as done).
+		if errors.Is(err, ledger.ErrUnavailable) {
+			st.spool(spool.Settlement{Release: &spool.Release{Account: st.account, RequestID: st.requestID, Reason: reason}}, err)
+		}
 		st.s.opt.Observer.Request(st.route.Provider, st.req.Model, "fail_open")
 		st.log.Info("fail-open request not charged", "reason", reason)
 		return nil
 	}
-	ctx, cancel := st.settleContext()
-	defer cancel()
-	r, err := st.s.opt.Ledger.Release(ctx, st.account, st.requestID, reason)
 	if err != nil {
 		st.s.opt.Observer.LedgerError("release")
 		if !st.spool(spool.Settlement{Release: &spool.Release{Account: st.account, RequestID: st.requestID, Reason: reason}}, err) {
