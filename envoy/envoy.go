@@ -8,6 +8,9 @@ import (
 	"embed"
 	"fmt"
 	"io/fs"
+
+	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	"google.golang.org/protobuf/proto"
 )
 
 // Paths of the shipped files, relative to this directory (and to FS()).
@@ -34,4 +37,27 @@ func ReadFile(name string) ([]byte, error) {
 		return nil, fmt.Errorf("envoy: shipped file %q: %w", name, err)
 	}
 	return b, nil
+}
+
+// ShippedExtProcFilter returns the ext_proc filter configuration of
+// envoy.yaml, the one every creditgate deployment runs, as a fresh copy the
+// caller may change. The demo proxy and the end-to-end tests drive the
+// sidecar through exactly this configuration.
+func ShippedExtProcFilter() (*extprocfilterv3.ExternalProcessor, error) {
+	doc, err := ReadFile(BootstrapFile)
+	if err != nil {
+		return nil, err
+	}
+	b, err := ParseBootstrap(doc)
+	if err != nil {
+		return nil, err
+	}
+	fs, err := ExtProcFilters(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(fs) != 1 {
+		return nil, fmt.Errorf("envoy: want one ext_proc filter in %s, found %d", BootstrapFile, len(fs))
+	}
+	return proto.Clone(fs[0]).(*extprocfilterv3.ExternalProcessor), nil
 }

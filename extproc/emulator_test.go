@@ -19,7 +19,6 @@ import (
 	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/tidwall/gjson"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/creditgate/creditgate/envoy"
 	"github.com/creditgate/creditgate/extproc"
@@ -90,19 +89,11 @@ func newEmu(t *testing.T, cfg emuConfig) *emu {
 
 func shippedFilter(t *testing.T) *extprocfilterv3.ExternalProcessor {
 	t.Helper()
-	doc, err := envoy.ReadFile(envoy.BootstrapFile)
+	f, err := envoy.ShippedExtProcFilter()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := envoy.ParseBootstrap(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, err := envoy.ExtProcFilters(b)
-	if err != nil || len(fs) != 1 {
-		t.Fatalf("want one ext_proc filter in %s, got %d (%v)", envoy.BootstrapFile, len(fs), err)
-	}
-	return proto.Clone(fs[0]).(*extprocfilterv3.ExternalProcessor)
+	return f
 }
 
 func (m *emu) serve(h http.HandlerFunc) {

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	extprocfilterv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	"github.com/redis/go-redis/v9"
 	"github.com/tidwall/gjson"
 
@@ -192,7 +191,7 @@ func startDemo(ctx context.Context, e env, cfg Config, rdb redis.UniversalClient
 	}
 	d.balanceAfterSeed = b.Balance
 
-	filter, err := shippedExtProcFilter()
+	filter, err := envoy.ShippedExtProcFilter()
 	if err != nil {
 		return fail(err)
 	}
@@ -204,27 +203,6 @@ func startDemo(ctx context.Context, e env, cfg Config, rdb redis.UniversalClient
 	d.proxySrv = &http.Server{Handler: d.proxy, ReadHeaderTimeout: 5 * time.Second}
 	go d.proxySrv.Serve(proxyL)
 	return d, nil
-}
-
-// shippedExtProcFilter is the ext_proc filter of envoy/envoy.yaml: the demo
-// proxy runs exactly the filter configuration we ship.
-func shippedExtProcFilter() (*extprocfilterv3.ExternalProcessor, error) {
-	doc, err := envoy.ReadFile(envoy.BootstrapFile)
-	if err != nil {
-		return nil, err
-	}
-	b, err := envoy.ParseBootstrap(doc)
-	if err != nil {
-		return nil, fmt.Errorf("demo: %s: %w", envoy.BootstrapFile, err)
-	}
-	fs, err := envoy.ExtProcFilters(b)
-	if err != nil {
-		return nil, fmt.Errorf("demo: %s: %w", envoy.BootstrapFile, err)
-	}
-	if len(fs) != 1 {
-		return nil, fmt.Errorf("demo: want one ext_proc filter in %s, found %d", envoy.BootstrapFile, len(fs))
-	}
-	return fs[0], nil
 }
 
 func (d *demo) admin() *admin.Client {

@@ -309,19 +309,11 @@ func frontProxy(t *testing.T, ts *testServer, upstream http.Handler) string {
 	up := httptest.NewServer(upstream)
 	t.Cleanup(up.Close)
 	upURL, _ := url.Parse(up.URL)
-	doc, err := envoy.ReadFile(envoy.BootstrapFile)
+	filter, err := envoy.ShippedExtProcFilter()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := envoy.ParseBootstrap(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	filters, err := envoy.ExtProcFilters(b)
-	if err != nil || len(filters) != 1 {
-		t.Fatalf("want one ext_proc filter in %s, got %d (%v)", envoy.BootstrapFile, len(filters), err)
-	}
-	px, err := envoyemu.New(envoyemu.Config{Upstream: upURL, ProcessorTarget: ts.grpcAddr, Filter: filters[0], UpstreamHTTP1: true})
+	px, err := envoyemu.New(envoyemu.Config{Upstream: upURL, ProcessorTarget: ts.grpcAddr, Filter: filter, UpstreamHTTP1: true})
 	if err != nil {
 		t.Fatal(err)
 	}

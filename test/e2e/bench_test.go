@@ -237,17 +237,9 @@ func (o *countingObserver) snapshot() map[string]int64 {
 // benchShippedFilter is the ext_proc filter of envoy/envoy.yaml.
 func benchShippedFilter(b *testing.B) *extprocfilterv3.ExternalProcessor {
 	b.Helper()
-	doc, err := envoy.ReadFile(envoy.BootstrapFile)
+	f, err := envoy.ShippedExtProcFilter()
 	if err != nil {
 		b.Fatal(err)
 	}
-	boot, err := envoy.ParseBootstrap(doc)
-	if err != nil {
-		b.Fatal(err)
-	}
-	fs, err := envoy.ExtProcFilters(boot)
-	if err != nil || len(fs) != 1 {
-		b.Fatalf("want one ext_proc filter in %s, got %d (%v)", envoy.BootstrapFile, len(fs), err)
-	}
-	return fs[0]
+	return f
 }

@@ -162,19 +162,11 @@ func newHarness(t *testing.T) *harness {
 // emulator runs exactly what we ship.
 func shippedFilter(t *testing.T) *extprocfilterv3.ExternalProcessor {
 	t.Helper()
-	doc, err := envoy.ReadFile(envoy.BootstrapFile)
+	f, err := envoy.ShippedExtProcFilter()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := envoy.ParseBootstrap(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs, err := envoy.ExtProcFilters(b)
-	if err != nil || len(fs) != 1 {
-		t.Fatalf("want one ext_proc filter in %s, got %d (%v)", envoy.BootstrapFile, len(fs), err)
-	}
-	return fs[0]
+	return f
 }
 
 func (h *harness) topUp(id, amount string) {
