@@ -32,19 +32,10 @@ end
 if st == 'released' then
   return fail('CLOSED', 'request id ' .. rid .. ' was released')
 end
-if micros < 0 or rem < 0 or rem >= 1000000 then
-  return fail('INVALID', 'cost must be non-negative with remainder below 1000000 pico')
-end
-local bal, held, carry = acct_state(kacct)
-if bal == nil then
-  return fail('NOACCOUNT', 'no such account')
-end
-carry = carry + rem
-local debit = micros + math.floor(carry / 1000000)
-carry = carry % 1000000
 -- Every check before the first write: a refused capture changes nothing.
-if bal - debit < -MAXEXACT then
-  return fail('LIMIT', 'balance would leave the exact range')
+local debit, carry = plan_debit(kacct, micros, rem)
+if debit == nil then
+  return carry
 end
 local late = 0
 if st == 'open' then
@@ -53,9 +44,7 @@ if st == 'open' then
 else
   late = 1 -- st == 'expired'
 end
-local newbal = redis.call('HINCRBY', kacct, 'bal', I(-debit))
-redis.call('HSET', kacct, 'carry', I(carry))
-local newheld = redis.call('HGET', kacct, 'held')
+local newbal, newheld = apply_debit(kacct, debit, carry)
 local estimated = ''
 if ARGV[9] == '1' then estimated = '1' end
 local lateflag, holdamt = '', r[2]

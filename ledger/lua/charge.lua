@@ -37,22 +37,11 @@ end
 if st then
   return fail('CONFLICT', 'request id ' .. rid .. ' is in state ' .. st)
 end
-if micros < 0 or rem < 0 or rem >= 1000000 then
-  return fail('INVALID', 'cost must be non-negative with remainder below 1000000 pico')
+local debit, carry = plan_debit(kacct, micros, rem)
+if debit == nil then
+  return carry
 end
-local bal, held, carry = acct_state(kacct)
-if bal == nil then
-  return fail('NOACCOUNT', 'no such account')
-end
-carry = carry + rem
-local debit = micros + math.floor(carry / 1000000)
-carry = carry % 1000000
-if bal - debit < -MAXEXACT then
-  return fail('LIMIT', 'balance would leave the exact range')
-end
-local newbal = redis.call('HINCRBY', kacct, 'bal', I(-debit))
-redis.call('HSET', kacct, 'carry', I(carry))
-local newheld = redis.call('HGET', kacct, 'held')
+local newbal, newheld = apply_debit(kacct, debit, carry)
 local estimated = ''
 if ARGV[9] == '1' then estimated = '1' end
 journal(kacct, kj, 'capture', I(debit), now, {'ref', rid, 'provider', ARGV[5], 'model', ARGV[6], 'usage', ARGV[7],

@@ -51,3 +51,32 @@ local function journal(kacct, kj, typ, amount, now, extra)
   redis.call(unpack(args))
   return seq
 end
+
+-- plan_debit works out a capture's debit under the carry rule (docs/ledger.md):
+-- the cost's sub-µUSD part joins the account's carry and a whole µUSD is
+-- debited each time the carry passes one. It writes nothing, so a script can
+-- check everything before its first write. Returns debit, carry_after, or
+-- nil and an error reply.
+local function plan_debit(kacct, micros, rem)
+  if micros < 0 or rem < 0 or rem >= 1000000 then
+    return nil, fail('INVALID', 'cost must be non-negative with remainder below 1000000 pico')
+  end
+  local bal, _, carry = acct_state(kacct)
+  if bal == nil then
+    return nil, fail('NOACCOUNT', 'no such account')
+  end
+  carry = carry + rem
+  local debit = micros + math.floor(carry / 1000000)
+  carry = carry % 1000000
+  if bal - debit < -MAXEXACT then
+    return nil, fail('LIMIT', 'balance would leave the exact range')
+  end
+  return debit, carry
+end
+
+-- apply_debit writes a planned debit; returns the balance and held after.
+local function apply_debit(kacct, debit, carry)
+  local newbal = redis.call('HINCRBY', kacct, 'bal', I(-debit))
+  redis.call('HSET', kacct, 'carry', I(carry))
+  return newbal, redis.call('HGET', kacct, 'held')
+end
