@@ -537,7 +537,7 @@ func TestKeysShareOneClusterSlot(t *testing.T) {
 
 func TestRedisDownIsUnavailable(t *testing.T) {
 	port, _ := redistest.FreePort()
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port), MaxRetries: 1, DialTimeout: 200 * time.Millisecond})
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port), MaxRetries: -1, DialerRetries: 1, DialTimeout: 200 * time.Millisecond})
 	defer c.Close()
 	l, _ := ledger.New(c, ledger.Options{})
 	_, err := l.Reserve(context.Background(), ledger.ReserveRequest{Account: "a", RequestID: "r", Estimate: 1, TTL: time.Second})

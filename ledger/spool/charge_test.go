@@ -32,7 +32,7 @@ func TestSpooledChargeLandsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	port, _ := redistest.FreePort()
-	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port), MaxRetries: 0, DialTimeout: 100 * time.Millisecond})
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port), MaxRetries: -1, DialerRetries: 1, DialTimeout: 100 * time.Millisecond})
 	defer dead.Close()
 	down, _ := ledger.New(dead, ledger.Options{Prefix: prefix})
 	// More than the balance: nothing was held, so the balance goes negative.

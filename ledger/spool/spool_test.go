@@ -42,7 +42,7 @@ func TestSpoolSurvivesOutage(t *testing.T) {
 
 	// The same ledger pointed at a dead Redis.
 	port, _ := redistest.FreePort()
-	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port), MaxRetries: 0, DialTimeout: 100 * time.Millisecond})
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port), MaxRetries: -1, DialerRetries: 1, DialTimeout: 100 * time.Millisecond})
 	defer dead.Close()
 	down, _ := ledger.New(dead, ledger.Options{Prefix: prefix})
 	capReq := ledger.CaptureRequest{Account: "a", RequestID: "r1", Cost: 123_456_789_000, Provider: "openai", Model: "gpt-4o"}
