@@ -76,12 +76,24 @@ func (s *Spool) Add(st Settlement) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	f, err := os.OpenFile(s.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(s.path, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
 	defer f.Close()
-	if _, err := f.Write(append(b, '\n')); err != nil {
+	line := append(b, '\n')
+	// A write that died half way (crash, or a full disk failing an earlier
+	// Add) leaves a torn line with no newline. Appending straight after it
+	// would glue this settlement onto the torn bytes, and read() would drop
+	// the whole line: a debit lost although Add returned nil. Start a fresh
+	// line instead; read() skips the torn one.
+	if fi, err := f.Stat(); err == nil && fi.Size() > 0 {
+		last := make([]byte, 1)
+		if _, err := f.ReadAt(last, fi.Size()-1); err == nil && last[0] != '\n' {
+			line = append([]byte{'\n'}, line...)
+		}
+	}
+	if _, err := f.Write(line); err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
 	if err := f.Sync(); err != nil {
