@@ -344,7 +344,13 @@ func (l *Ledger) Reserve(ctx context.Context, req ReserveRequest) (Hold, error) 
 		if err := l.rdb.Do(ctx, idx...).Err(); err != nil {
 			// A hold the sweeper cannot see would leak if its request never
 			// settles: undo it and refuse, as for any Redis failure.
-			_, _ = l.Release(ctx, req.Account, req.RequestID, "hold could not be indexed for expiry")
+			if _, rerr := l.Release(ctx, req.Account, req.RequestID, "hold could not be indexed for expiry"); rerr == nil {
+				// The outcome is known (no hold), so this is not reported as
+				// ErrUnavailable: a caller failing open on an outage would let
+				// the call run and its Charge would then meet a released
+				// request id (ErrHoldClosed) and debit nothing.
+				return Hold{}, fmt.Errorf("ledger: hold could not be indexed for expiry and was released: %v", err)
+			}
 			return Hold{}, fmt.Errorf("%w: hold could not be indexed for expiry: %w", ErrUnavailable, err)
 		}
 	}
