@@ -226,8 +226,11 @@ func classify(err error) error {
 	// restart, a replica during failover, a cluster re-sharding, out of
 	// connections) are outages, not answers: the outcome is unknown and a
 	// retry with the same id is safe. Callers spool on ErrUnavailable.
+	// OOM (maxmemory with noeviction) belongs here too: a script is refused
+	// at its first write, so nothing changed, and a capture refused that way
+	// must be spooled, not dropped to let its hold expire unpaid.
 	if redis.IsLoadingError(err) || redis.IsReadOnlyError(err) || redis.IsClusterDownError(err) ||
-		redis.IsTryAgainError(err) || redis.IsMasterDownError(err) || redis.IsMaxClientsError(err) ||
+		redis.IsTryAgainError(err) || redis.IsMasterDownError(err) || redis.IsMaxClientsError(err) || redis.IsOOMError(err) ||
 		redis.IsNoReplicasError(err) || redis.HasErrorPrefix(err, "BUSY") {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
