@@ -343,6 +343,10 @@ func (l *Ledger) Reserve(ctx context.Context, req ReserveRequest) (Hold, error) 
 	if err != nil {
 		return Hold{}, err
 	}
+	if str(res[0]) == "insufficient" {
+		// No hold was made, so whether the index write landed is moot.
+		return Hold{}, &InsufficientFundsError{Balance: mic(res[1]), Held: mic(res[2]), Available: mic(res[3]), Requested: req.Estimate}
+	}
 	if zadd.Err() != nil {
 		if err := l.rdb.Do(ctx, idx...).Err(); err != nil {
 			// A hold the sweeper cannot see would leak if its request never
@@ -351,14 +355,12 @@ func (l *Ledger) Reserve(ctx context.Context, req ReserveRequest) (Hold, error) 
 				// The outcome is known (no hold), so this is not reported as
 				// ErrUnavailable: a caller failing open on an outage would let
 				// the call run and its Charge would then meet a released
-				// request id (ErrHoldClosed) and debit nothing.
-				return Hold{}, fmt.Errorf("ledger: hold could not be indexed for expiry and was released: %v", err)
+				// request id (ErrHoldClosed) and debit nothing. The cause is
+				// quoted, not wrapped, for the same reason.
+				return Hold{}, fmt.Errorf("ledger: hold could not be indexed for expiry and was released: %s", err.Error())
 			}
 			return Hold{}, fmt.Errorf("%w: hold could not be indexed for expiry: %w", ErrUnavailable, err)
 		}
-	}
-	if str(res[0]) == "insufficient" {
-		return Hold{}, &InsufficientFundsError{Balance: mic(res[1]), Held: mic(res[2]), Available: mic(res[3]), Requested: req.Estimate}
 	}
 	return Hold{Account: req.Account, RequestID: req.RequestID, Amount: mic(res[1]), Deadline: time.UnixMilli(i64(res[2])),
 		Balance: mic(res[3]), Held: mic(res[4]), Replayed: i64(res[5]) == 1}, nil
