@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/andybalholm/brotli"
@@ -62,7 +63,7 @@ type stream struct {
 	host, path     string
 	forwarded      bool   // the request-body reply that lets the request go upstream was sent
 	answered       string // the model that answered, once known
-	extendAt       time.Time
+	stopKeepAlive  func() // ends keepHoldAlive; nil when there is no hold
 	hold           ledger.Hold
 	settled        bool
 	captured       *ledger.CaptureResult
@@ -328,6 +329,7 @@ func (st *stream) onRequestBody(b *extprocv3.HttpBody) *extprocv3.ProcessingResp
 	}
 	st.reserved, st.hold = true, hold
 	st.s.opt.Observer.Holding(int64(hold.Amount))
+	st.keepHoldAlive()
 	st.log.Debug("reserved", "estimate", est.String())
 	return st.forward(req)
 }
@@ -448,7 +450,6 @@ func (st *stream) onResponseBody(b *extprocv3.HttpBody) *extprocv3.ProcessingRes
 		st.phase = phaseDone
 		return responseBodyReply(m, nil, false, st.settledMetadata())
 	}
-	st.keepHoldAlive()
 	var out []byte
 	var changed bool
 	if st.encoding != "" {
@@ -641,6 +642,9 @@ func (st *stream) markSettled() {
 		return
 	}
 	st.settled = true
+	if st.stopKeepAlive != nil {
+		st.stopKeepAlive()
+	}
 	if st.reserved {
 		st.s.opt.Observer.Holding(-int64(st.hold.Amount))
 	}
@@ -735,31 +739,38 @@ func (st *stream) answeredModel() string {
 	return st.req.Model
 }
 
-// keepHoldAlive extends the hold of a stream that is still producing after
-// half its TTL, so a long generation never outlives its hold and becomes a
-// late capture. It costs one Redis round trip per half TTL, not per chunk.
+// keepHoldAlive extends the hold every half TTL until the request settles,
+// so a call that runs longer than the hold TTL — a long generation, streamed
+// or not, or a long wait for a buffered answer — never outlives its hold and
+// becomes a late capture. It costs one Redis round trip per half TTL, none
+// per chunk, and runs beside the stream (it only reads fields fixed before
+// it starts).
 func (st *stream) keepHoldAlive() {
-	if !st.reserved || st.settled {
-		return
-	}
-	now := st.s.opt.Clock()
-	if st.extendAt.IsZero() {
-		st.extendAt = st.start.Add(st.s.opt.HoldTTL / 2)
-	}
-	if now.Before(st.extendAt) {
-		return
-	}
-	st.extendAt = now.Add(st.s.opt.HoldTTL / 2)
-	ctx, cancel := st.callContext()
-	defer cancel()
-	ok, err := st.s.opt.Ledger.Extend(ctx, st.account, st.requestID, now.Add(st.s.opt.HoldTTL))
-	switch {
-	case err != nil:
-		st.s.opt.Observer.LedgerError("extend")
-		st.log.Warn("could not extend the hold of a long stream", "err", err)
-	case !ok:
-		st.log.Warn("the hold of a long stream had already expired; its capture will be late")
-	}
+	stop := make(chan struct{})
+	st.stopKeepAlive = sync.OnceFunc(func() { close(stop) })
+	ttl, account, id, log := st.s.opt.HoldTTL, st.account, st.requestID, st.log
+	go func() {
+		t := time.NewTicker(ttl / 2)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(st.ctx), st.s.opt.LedgerTimeout)
+			ok, err := st.s.opt.Ledger.Extend(ctx, account, id, st.s.opt.Clock().Add(ttl))
+			cancel()
+			switch {
+			case err != nil:
+				st.s.opt.Observer.LedgerError("extend")
+				log.Warn("could not extend the hold of a long call", "err", err)
+			case !ok:
+				log.Warn("the hold of a long call had already ended; its capture will be late")
+				return
+			}
+		}
+	}()
 }
 
 // sent records a reply that reached Envoy.
@@ -773,6 +784,9 @@ func (st *stream) sent(resp *extprocv3.ProcessingResponse) {
 // but did not settle (client abort, reset, shutdown, trailers never seen) is
 // settled now on the best knowledge and flagged estimated (design-notes §4.5).
 func (st *stream) finish() {
+	if st.stopKeepAlive != nil {
+		defer st.stopKeepAlive()
+	}
 	if !st.metered() || st.settled {
 		return
 	}
