@@ -516,7 +516,12 @@ func (st *stream) decoded() []byte {
 func (st *stream) settleBuffered() *mutation {
 	body := st.decoded()
 	res, err := provider.ParseBody(st.route, st.req, body)
-	if err != nil {
+	if err != nil && !res.HaveUsage {
+		// A 2xx the provider billed but we cannot read (truncated past the
+		// buffer limit, an encoding we cannot decode): count its bytes as
+		// output for the estimate rather than charge the prompt alone. The
+		// estimate is capped at the hold in settle.
+		res.OutputBytes = max(res.OutputBytes, int64(len(st.respBody)))
 		st.log.Warn("response body unreadable; charging an estimate", "err", err)
 	}
 	if res.Model == "" {
@@ -587,6 +592,12 @@ func (st *stream) settle(res provider.Result, why string) *ledger.CaptureResult 
 		// An impossible usage (overflow): charge the hold rather than lose it.
 		st.log.Error("cost overflow; charging the hold", "err", err)
 		cost, estimated = money.Pico(st.estimate)*money.PicoPerMicro, true
+	}
+	if hold := money.Pico(st.estimate) * money.PicoPerMicro; estimated && cost > hold {
+		// An estimate never exceeds the worst case the call was admitted
+		// for: the output cap bounds what the provider could have billed.
+		// Only usage the provider reported can go beyond the hold.
+		cost = hold
 	}
 	uj, _ := json.Marshal(usage)
 	ctx, cancel := st.settleContext()
