@@ -180,10 +180,7 @@ func (st *stream) onRequestHeaders(h *extprocv3.HttpHeaders, attrs map[string]st
 		// the error shape and which real key a passthrough request carries.
 		st.route = route
 	}
-	host := strings.ToLower(authority)
-	if i := strings.LastIndexByte(host, ':'); i > 0 && !strings.Contains(host[i:], "]") {
-		host = host[:i]
-	}
+	host := provider.Host(authority)
 	st.host, st.path = host, path
 	st.passthrough = rerr != nil && st.s.passthrough(host, path)
 

@@ -206,6 +206,11 @@ func (d *Detector) providerFor(host string) (string, bool) {
 	return "", false
 }
 
+// Host is the host of an :authority as the Detector matches it: lower-case,
+// without port, brackets or a trailing dot. Callers that match hosts
+// themselves (passthrough lists) use it so both agree on what a host is.
+func Host(authority string) string { return normalizeHost(authority) }
+
 func normalizeHost(authority string) string {
 	h := strings.ToLower(strings.TrimSpace(authority))
 	if host, _, err := net.SplitHostPort(h); err == nil {
