@@ -369,26 +369,40 @@ func (l *Ledger) Reserve(ctx context.Context, req ReserveRequest) (Hold, error) 
 // Capture debits the exact cost of a reserved request (carrying sub-µUSD
 // remainders) and ends its hold; valid after the hold expired too.
 func (l *Ledger) Capture(ctx context.Context, req CaptureRequest) (CaptureResult, error) {
-	if err := errors.Join(checkID("account", req.Account), checkID("request id", req.RequestID)); err != nil {
+	res, err := l.debit(ctx, "capture", req, true)
+	if err != nil {
 		return CaptureResult{}, err
+	}
+	return captureResult(req, res), nil
+}
+
+// debit runs capture.lua or charge.lua: both take the same arguments (the
+// cost split into whole µUSD and a pico remainder), and capture also needs
+// the account's open-holds key.
+func (l *Ledger) debit(ctx context.Context, script string, req CaptureRequest, holds bool) ([]any, error) {
+	if err := errors.Join(checkID("account", req.Account), checkID("request id", req.RequestID)); err != nil {
+		return nil, err
 	}
 	micros, rem := req.Cost.Split()
 	if req.Cost < 0 || micros > money.MaxExactLua {
-		return CaptureResult{}, fmt.Errorf("%w: cost %s out of range", ErrInvalid, req.Cost)
+		return nil, fmt.Errorf("%w: cost %s out of range", ErrInvalid, req.Cost)
 	}
 	est := "0"
 	if req.Estimated {
 		est = "1"
 	}
 	k := l.keys(req.Account)
-	res, err := l.run(ctx, "capture", []string{k.acct, k.journal, k.req(req.RequestID), k.holds},
-		req.RequestID, int64(micros), rem, l.now(req.Time), req.Provider, req.Model, req.Usage, req.PriceRow, est,
-		l.opt.Retention.Milliseconds())
-	if err != nil {
-		return CaptureResult{}, err
+	keys := []string{k.acct, k.journal, k.req(req.RequestID)}
+	if holds {
+		keys = append(keys, k.holds)
 	}
+	return l.run(ctx, script, keys, req.RequestID, int64(micros), rem, l.now(req.Time), req.Provider, req.Model,
+		req.Usage, req.PriceRow, est, l.opt.Retention.Milliseconds())
+}
+
+func captureResult(req CaptureRequest, res []any) CaptureResult {
 	return CaptureResult{Account: req.Account, RequestID: req.RequestID, Debited: mic(res[0]), CarryPico: i64(res[1]),
-		Balance: mic(res[2]), Held: mic(res[3]), Late: i64(res[4]) == 1, Replayed: i64(res[5]) == 1}, nil
+		Balance: mic(res[2]), Held: mic(res[3]), Late: i64(res[4]) == 1, Replayed: i64(res[5]) == 1}
 }
 
 // Charge debits the exact cost of a request admitted without a hold (fail
@@ -400,29 +414,14 @@ func (l *Ledger) Capture(ctx context.Context, req CaptureRequest) (CaptureResult
 // after all (the reserve that timed out had landed), the request is
 // captured against that hold instead, so the hold does not expire unpaid.
 func (l *Ledger) Charge(ctx context.Context, req CaptureRequest) (CaptureResult, error) {
-	if err := errors.Join(checkID("account", req.Account), checkID("request id", req.RequestID)); err != nil {
-		return CaptureResult{}, err
-	}
-	micros, rem := req.Cost.Split()
-	if req.Cost < 0 || micros > money.MaxExactLua {
-		return CaptureResult{}, fmt.Errorf("%w: cost %s out of range", ErrInvalid, req.Cost)
-	}
-	est := "0"
-	if req.Estimated {
-		est = "1"
-	}
-	k := l.keys(req.Account)
-	res, err := l.run(ctx, "charge", []string{k.acct, k.journal, k.req(req.RequestID)},
-		req.RequestID, int64(micros), rem, l.now(req.Time), req.Provider, req.Model, req.Usage, req.PriceRow, est,
-		l.opt.Retention.Milliseconds())
+	res, err := l.debit(ctx, "charge", req, false)
 	if err != nil {
 		return CaptureResult{}, err
 	}
 	if str(res[0]) == "held" {
 		return l.Capture(ctx, req)
 	}
-	return CaptureResult{Account: req.Account, RequestID: req.RequestID, Debited: mic(res[0]), CarryPico: i64(res[1]),
-		Balance: mic(res[2]), Held: mic(res[3]), Late: i64(res[4]) == 1, Replayed: i64(res[5]) == 1}, nil
+	return captureResult(req, res), nil
 }
 
 // Extend pushes an open hold's deadline to deadline, so a stream that runs
